@@ -1,0 +1,108 @@
+"""Property-based checks of the neuron contract: the parallel AMOS LIF neuron against the BPTT loop.
+
+float64: identical spikes; membrane, input gradient and tau gradient within 1e-10, for T in [1, 512],
+tau in (1, 1000], any trailing shape, both force_last modes, random upstream gradients on both outputs.
+"""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from pttfs import amos_lif_parallel, amos_lif_sequential, AMOSLIF
+from pttfs.charging import charge
+from pttfs.surrogate import ATan, Sigmoid
+
+TOL = 1e-10
+
+def run_both(x, tau, v_threshold, force_last, g_spikes, g_membrane, surrogate=Sigmoid()):
+    out = []
+    for neuron in (amos_lif_parallel, amos_lif_sequential):
+        x_ = x.clone().requires_grad_()
+        tau_ = tau.clone().requires_grad_()
+        spikes, membrane = neuron(x_, tau_, v_threshold, surrogate, force_last)
+        ((spikes * g_spikes).sum() + (membrane * g_membrane).sum()).backward()
+        out.append((spikes.detach(), membrane.detach(), x_.grad, tau_.grad))
+    return out
+
+def assert_close(a, b, what):
+    diff = (a - b).abs().max().item() if a.numel() else 0.0
+    assert diff <= TOL * (1 + b.abs().max().item() if b.numel() else 1), f"{what}: max |diff| = {diff:.3e}"
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
+time_steps = st.one_of(st.integers(1, 40), st.integers(41, 512))
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T=time_steps, trailing=shapes, tau=st.floats(1.0, 1000.0, exclude_min=True),
+       force_last=st.booleans(), tau_per_last_dim=st.booleans(), atan=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_parallel_equals_bptt(T, trailing, tau, force_last, tau_per_last_dim, atan, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (1.0 + 1.5 * torch.randn(T, *trailing, generator=g, dtype=torch.float64))
+    if tau_per_last_dim and trailing:
+        tau_t = tau * (1 + torch.rand(trailing[-1], generator=g, dtype=torch.float64))
+    else:
+        tau_t = torch.tensor(tau, dtype=torch.float64)
+    # a threshold among the membrane values, so that spikes, second fake spikes and silence all occur
+    v_threshold = round(charge(x, tau_t).median().item(), 3) + 1e-4
+    g_s = torch.randn(T, *trailing, generator=g, dtype=torch.float64)
+    g_h = torch.randn(T, *trailing, generator=g, dtype=torch.float64)
+    (s, h, gx, gt), (s0, h0, gx0, gt0) = run_both(x, tau_t, v_threshold, force_last, g_s, g_h,
+                                                  ATan() if atan else Sigmoid())
+    assert torch.equal(s, s0), "spikes differ from the sequential reference"
+    assert (s.sum(0) <= 1).all()
+    assert_close(h, h0, "membrane")
+    assert_close(gx, gx0, "dL/dX")
+    assert_close(gt, gt0, "dL/dtau")
+
+@pytest.mark.parametrize("force_last", [False, True])
+def test_long_float64_exact(force_last):
+    g = torch.Generator().manual_seed(1)
+    x = 1.0 + 1.5 * torch.randn(512, 3, 7, generator=g, dtype=torch.float64)
+    tau = torch.tensor(2.0, dtype=torch.float64)
+    (s, h, gx, gt), (s0, h0, gx0, gt0) = run_both(x, tau, 1.3, force_last, torch.randn_like(x), torch.randn_like(x))
+    assert torch.equal(s, s0)
+    for a, b, w in [(h, h0, 'membrane'), (gx, gx0, 'dL/dX'), (gt, gt0, 'dL/dtau')]: assert_close(a, b, w)
+
+def test_float32_long_finite_and_agrees_except_ties():
+    g = torch.Generator().manual_seed(2)
+    x64 = 1.0 + 1.5 * torch.randn(4096, 128, generator=g, dtype=torch.float64)
+    x32 = x64.float().requires_grad_()
+    s32, h32 = amos_lif_parallel(x32, 2.0)
+    (s32.sum() + h32.sum()).backward()
+    assert torch.isfinite(h32).all() and torch.isfinite(x32.grad).all()
+    s64, h64 = amos_lif_sequential(x64, 2.0)
+    near_tie = ((h64 - 1.0).abs() < 1e-5).any(0)
+    assert ((s32.double() == s64).all(0) | near_tie).all()
+
+def test_autocast_bfloat16_cpu():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        current = layer(torch.randn(200, 4, 16))
+        assert current.dtype == torch.bfloat16
+        spikes, membrane = amos_lif_parallel(current, 2.0, 0.2)
+    assert spikes.dtype == membrane.dtype == torch.bfloat16
+    assert torch.isfinite(membrane.float()).all()
+    (spikes.float().sum() + membrane.float().sum()).backward()
+    assert torch.isfinite(layer.weight.grad).all()
+    ref, _ = amos_lif_parallel(current.detach().float(), 2.0, 0.2)
+    assert torch.equal(spikes.float(), ref)
+
+def test_float16_long_is_finite():
+    x = (1 + torch.randn(1000, 8)).half()
+    spikes, membrane = amos_lif_parallel(x, 2.0)
+    assert membrane.dtype == torch.float16 and torch.isfinite(membrane).all()
+
+def test_module_conv_layout_per_channel_tau():
+    torch.manual_seed(0)
+    x = 1 + torch.randn(10, 2, 3, 4, 4, dtype=torch.float64)
+    grads = []
+    for backend in ('parallel', 'sequential'):
+        m = AMOSLIF(tau=3.0, learnable_tau=True, num_channels=3, backend=backend).double()
+        x_ = x.clone().requires_grad_()
+        s = m(x_)
+        assert s.shape == x.shape
+        (s * torch.arange(10.0, dtype=torch.float64).view(10, 1, 1, 1, 1)).sum().backward()
+        grads.append((s.detach(), x_.grad, m.tau_logit.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert_close(grads[0][1], grads[1][1], 'dL/dX')
+    assert_close(grads[0][2], grads[1][2], 'dL/dw')
