@@ -6,7 +6,7 @@
 __all__ = ['second_fake_spike_index', 'spike_gradient', 'reverse_leaky_scan', 'membrane_gradient', 'AMOSLIFFunction',
            'amos_lif_parallel', 'compare_with_reference']
 
-# %% ../nbs/04_backward.ipynb #ce081f06
+# %% ../nbs/04_backward.ipynb #769dedca
 import torch
 from torch import Tensor
 from .surrogate import Sigmoid, surrogate_derivative
@@ -14,7 +14,7 @@ from .dynamics import check_neuron_args, tau_tensor
 from .charging import leaky_scan
 from .first_spike import fake_spikes, first_spike_index, spikes_from_index
 
-# %% ../nbs/04_backward.ipynb #70835272
+# %% ../nbs/04_backward.ipynb #628495df
 def second_fake_spike_index(fake: Tensor,  # bool fake spikes S̃, shape [T, *]
                             first: Tensor,  # t_f per neuron (T for none), shape [*]
                            ) -> Tensor:  # t_sf per neuron, T where there is none
@@ -41,14 +41,14 @@ def spike_gradient(grad_spikes: Tensor,  # ∂L/∂S from the next layer, shape 
     return torch.where(t < first, grad_spikes - at_first,
                        torch.where(t == first, grad_spikes - at_second, torch.zeros_like(grad_spikes)))
 
-# %% ../nbs/04_backward.ipynb #61baa583
+# %% ../nbs/04_backward.ipynb #62054a52
 def reverse_leaky_scan(x: Tensor,  # sequence over dim 0, shape [T, *]
                        decay: Tensor,  # α, broadcasting to x.shape[1:]
                       ) -> Tensor:  # y with y[t] = x[t] + α·y[t+1], y[T] = 0
     "Eqs. 18–19: the leaky recursion backwards in time, Rev(leaky_scan(Rev(x)))."
     return leaky_scan(x.flip(0), decay).flip(0)
 
-# %% ../nbs/04_backward.ipynb #1701a17b
+# %% ../nbs/04_backward.ipynb #f0d3df02
 def membrane_gradient(grad_spikes: Tensor,  # ∂L/∂S from the next layer, [T, *]
                       grad_membrane: Tensor,  # ∂L/∂H from the next layer (0 if H is unused), [T, *]
                       membrane: Tensor,  # H from the forward, [T, *]
@@ -94,7 +94,7 @@ class AMOSLIFFunction(torch.autograd.Function):
             grad_tau = (delta * (previous - membrane) / tau).sum_to_size(tau.shape)
         return grad_x, grad_tau, None, None, None
 
-# %% ../nbs/04_backward.ipynb #af3ec6c3
+# %% ../nbs/04_backward.ipynb #38f39e44
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
@@ -105,13 +105,13 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                      ) -> tuple:  # (spikes S, membrane H), both shaped like x
     "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
     check_neuron_args(x, tau, v_threshold, surrogate, force_last)
-    compute_dtype = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+    compute = x.to(torch.float32) if x.dtype in _LOW_PRECISION else x
     with torch.autocast(device_type=x.device.type, enabled=False):
-        spikes, membrane = AMOSLIFFunction.apply(x.to(compute_dtype), tau_tensor(tau, x.to(compute_dtype)),
-                                                 float(v_threshold), surrogate, force_last)
+        spikes, membrane = AMOSLIFFunction.apply(compute, tau_tensor(tau, compute), float(v_threshold),
+                                                 surrogate, force_last)
     return spikes.to(x.dtype), membrane.to(x.dtype)
 
-# %% ../nbs/04_backward.ipynb #adc78272
+# %% ../nbs/04_backward.ipynb #11293445
 def compare_with_reference(T: int, tau: float, force_last: bool, trailing=(64,), tau_per_neuron: bool = False,
                            surrogate=Sigmoid(), seed: int = 0, dtype=torch.float64) -> dict:
     "Run `amos_lif_parallel` and `amos_lif_sequential` on one random problem; max |difference| of every output and gradient."
