@@ -11,5 +11,6 @@ __all__ = []
 from .surrogate import Sigmoid, ATan
 from .dynamics import amos_lif_sequential
 from .charging import charge, leaky_scan
-from .parallel import amos_lif_parallel, AMOSLIFFunction
+from .parallel import amos_lif_parallel, AMOSLIFFunction, PARALLEL_BACKENDS
+from .fused import FusedAMOSLIFFunction   # registers the 'cpu-fused' backend (built on first use)
 from .module import AMOSLIF
