@@ -11,11 +11,9 @@ import torch
 from torch import nn, Tensor
 from .surrogate import Sigmoid
 from .dynamics import amos_lif_sequential, check_neuron_args
-from .parallel import amos_lif_parallel
+from .parallel import amos_lif_parallel, PARALLEL_BACKENDS
 
 # %% ../nbs/05_module.ipynb #ef984d5d
-_BACKENDS = {'parallel': amos_lif_parallel, 'sequential': amos_lif_sequential}
-
 class AMOSLIF(nn.Module):
     "At-Most-One-Spike LIF neurons for multi-step input [T, *]; returns spikes (and the membrane on request)."
     def __init__(self,
@@ -27,14 +25,16 @@ class AMOSLIF(nn.Module):
                  num_channels: int = None,  # one τ per channel (None: one τ for all neurons)
                  channel_dim: int = 2,  # the channel dimension of the input: 2 for [T, B, C] and [T, B, C, H, W]
                  return_membrane: bool = False,  # forward returns (spikes, membrane) instead of spikes
-                 backend: str = 'parallel',  # 'parallel' (Eqs. 5–20) or 'sequential' (the BPTT reference loop)
+                 backend: str = 'auto',  # 'auto', a name in PARALLEL_BACKENDS, or 'sequential' (the BPTT reference loop)
                 ):
         super().__init__()
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
             raise ValueError(f"num_channels must be a positive int or None, got {num_channels!r}")
         if not isinstance(channel_dim, int) or channel_dim < 1:
             raise ValueError(f"channel_dim must be an int >= 1 (dim 0 is time), got {channel_dim!r}")
-        if backend not in _BACKENDS: raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+        if backend == 'parallel': backend = 'auto'
+        if backend not in ('auto', 'sequential', *PARALLEL_BACKENDS):
+            raise ValueError(f"backend must be 'auto', 'sequential' or one of {list(PARALLEL_BACKENDS)}, got {backend!r}")
         check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
         self.v_threshold, self.surrogate, self.force_last = float(v_threshold), surrogate, force_last
         self.num_channels, self.channel_dim = num_channels, channel_dim
@@ -59,8 +59,12 @@ class AMOSLIF(nn.Module):
     def forward(self, x: Tensor,  # input current, [T, *]
                 return_membrane: bool = None,  # override the constructor's `return_membrane`
                ):
-        spikes, membrane = _BACKENDS[self.backend](x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
         want_membrane = self.return_membrane if return_membrane is None else return_membrane
+        if self.backend == 'sequential':
+            spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
+        else:
+            spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
+                                                 backend=self.backend, return_membrane=want_membrane)
         return (spikes, membrane) if want_membrane else spikes
 
     def extra_repr(self) -> str:
