@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
            'isolated_neuron_benchmark', 'SequenceWise', 'cifar_net', 'network_benchmark', 'describe_machine', 'ratios',
-           'plot_isolated', 'parse_args', 'main']
+           'plot_isolated', 'parse_args', 'main', 'run']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -275,7 +275,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    "The `pttfs-bench` command: run the benchmarks, write the JSON and the figures."
+    run(parse_args(argv))
+
+
+def run(args) -> dict:
+    "Run the benchmarks for parsed arguments; write and return the result."
     from tqdm import tqdm
     bar = tqdm(desc='pttfs-bench', disable=not sys.stderr.isatty(), bar_format='{desc} [{elapsed}]')
     progress = lambda text: (bar.set_description_str(text), bar.refresh())
@@ -301,3 +306,6 @@ def main(argv=None):
         print('network', ' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {out}")
     return result
+
+# %% ../nbs/07_benchmark.ipynb #49f87c57
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # python -m pttfs.bench

@@ -322,4 +322,4 @@ def _fused_supports(x: Tensor, tau, surrogate) -> str:
 def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
     return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
 
-register_backend('cpu-fused', _fused_backend, _fused_supports)
+register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',))

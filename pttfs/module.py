@@ -48,9 +48,9 @@ class AMOSLIF(nn.Module):
         "The current τ: a 0-d tensor, or one value per channel."
         return 1 / torch.sigmoid(self.tau_logit) if self.learnable_tau else self.tau_fixed
 
-    def _tau_for(self, x: Tensor) -> Tensor:
-        "τ shaped to broadcast over one time step of x."
-        if self.num_channels is None: return self.tau
+    def _tau_for(self, x: Tensor):
+        "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
+        if self.num_channels is None: return self.tau if self.learnable_tau else self.tau_fixed.item()
         if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
             raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
                              f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")

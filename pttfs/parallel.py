@@ -98,15 +98,16 @@ class AMOSLIFFunction(torch.autograd.Function):
 # %% ../nbs/04_backward.ipynb #38f39e44
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-PARALLEL_BACKENDS = {}  # name -> (function, supports); 'auto' tries them newest first
+PARALLEL_BACKENDS = {}  # name -> (function, supports, devices); 'auto' tries them newest first
 
 def register_backend(name: str,  # the name users pass as `backend=`
                      function,  # (x, tau, v_threshold, surrogate, force_last, return_membrane) -> (spikes, membrane or None); tau a float or a tensor
                      supports=lambda x, tau, surrogate: '',  # '' if it can run this call, else why not ("unavailable: ..." if it failed to load)
+                     devices=None,  # device types ('cpu', 'cuda') on which 'auto' may choose it; None: all
                     ):
     "Make `function` a backend of `amos_lif_parallel`; it receives x in float32/64, τ as a float or a tensor of x's dtype, autocast off."
     PARALLEL_BACKENDS.pop(name, None)
-    PARALLEL_BACKENDS[name] = (function, supports)
+    PARALLEL_BACKENDS[name] = (function, supports, devices)
 
 def _torch_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
     return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, surrogate, force_last)
@@ -127,7 +128,8 @@ def choose_backend(x: Tensor, tau, surrogate, backend: str = 'auto') -> str:
             _warned_fallback.add(backend)
             warnings.warn(f"pttfs: backend {backend!r} is {reason}; falling back to the next available backend")
     for name in reversed(PARALLEL_BACKENDS):
-        if not PARALLEL_BACKENDS[name][1](x, tau, surrogate): return name
+        _, supports, devices = PARALLEL_BACKENDS[name]
+        if (devices is None or x.device.type in devices) and not supports(x, tau, surrogate): return name
     return 'torch'
 
 def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)

@@ -9,13 +9,19 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from pttfs import amos_lif_parallel, amos_lif_sequential, AMOSLIF
 from pttfs.charging import charge
+from pttfs.fused import load_fused_extension, fused_error
 from pttfs.surrogate import ATan, Sigmoid
 
 TOL = 1e-10
 
-def run_both(x, tau, v_threshold, force_last, g_spikes, g_membrane, surrogate=Sigmoid()):
+# Every CPU backend must pass the same checks; the fused kernel is skipped (and says why) if it cannot be built.
+BACKENDS = ['torch', pytest.param('cpu-fused', marks=pytest.mark.skipif(
+    load_fused_extension() is None, reason=f"fused CPU kernel unavailable: {fused_error()}"))]
+
+def run_both(x, tau, v_threshold, force_last, g_spikes, g_membrane, surrogate=Sigmoid(), backend='auto'):
     out = []
-    for neuron in (amos_lif_parallel, amos_lif_sequential):
+    parallel = lambda *args: amos_lif_parallel(*args, backend=backend)
+    for neuron in (parallel, amos_lif_sequential):
         x_ = x.clone().requires_grad_()
         tau_ = tau.clone().requires_grad_()
         spikes, membrane = neuron(x_, tau_, v_threshold, surrogate, force_last)
@@ -30,11 +36,12 @@ def assert_close(a, b, what):
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 time_steps = st.one_of(st.integers(1, 40), st.integers(41, 512))
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(T=time_steps, trailing=shapes, tau=st.floats(1.0, 1000.0, exclude_min=True),
        force_last=st.booleans(), tau_per_last_dim=st.booleans(), atan=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_parallel_equals_bptt(T, trailing, tau, force_last, tau_per_last_dim, atan, seed):
+def test_parallel_equals_bptt(backend, T, trailing, tau, force_last, tau_per_last_dim, atan, seed):
     g = torch.Generator().manual_seed(seed)
     x = (1.0 + 1.5 * torch.randn(T, *trailing, generator=g, dtype=torch.float64))
     if tau_per_last_dim and trailing:
@@ -46,40 +53,44 @@ def test_parallel_equals_bptt(T, trailing, tau, force_last, tau_per_last_dim, at
     g_s = torch.randn(T, *trailing, generator=g, dtype=torch.float64)
     g_h = torch.randn(T, *trailing, generator=g, dtype=torch.float64)
     (s, h, gx, gt), (s0, h0, gx0, gt0) = run_both(x, tau_t, v_threshold, force_last, g_s, g_h,
-                                                  ATan() if atan else Sigmoid())
+                                                  ATan() if atan else Sigmoid(), backend)
     assert torch.equal(s, s0), "spikes differ from the sequential reference"
     assert (s.sum(0) <= 1).all()
     assert_close(h, h0, "membrane")
     assert_close(gx, gx0, "dL/dX")
     assert_close(gt, gt0, "dL/dtau")
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("force_last", [False, True])
-def test_long_float64_exact(force_last):
+def test_long_float64_exact(force_last, backend):
     g = torch.Generator().manual_seed(1)
     x = 1.0 + 1.5 * torch.randn(512, 3, 7, generator=g, dtype=torch.float64)
     tau = torch.tensor(2.0, dtype=torch.float64)
-    (s, h, gx, gt), (s0, h0, gx0, gt0) = run_both(x, tau, 1.3, force_last, torch.randn_like(x), torch.randn_like(x))
+    (s, h, gx, gt), (s0, h0, gx0, gt0) = run_both(x, tau, 1.3, force_last, torch.randn_like(x), torch.randn_like(x),
+                                                  backend=backend)
     assert torch.equal(s, s0)
     for a, b, w in [(h, h0, 'membrane'), (gx, gx0, 'dL/dX'), (gt, gt0, 'dL/dtau')]: assert_close(a, b, w)
 
-def test_float32_long_finite_and_agrees_except_ties():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_long_finite_and_agrees_except_ties(backend):
     g = torch.Generator().manual_seed(2)
     x64 = 1.0 + 1.5 * torch.randn(4096, 128, generator=g, dtype=torch.float64)
     x32 = x64.float().requires_grad_()
-    s32, h32 = amos_lif_parallel(x32, 2.0)
+    s32, h32 = amos_lif_parallel(x32, 2.0, backend=backend)
     (s32.sum() + h32.sum()).backward()
     assert torch.isfinite(h32).all() and torch.isfinite(x32.grad).all()
     s64, h64 = amos_lif_sequential(x64, 2.0)
     near_tie = ((h64 - 1.0).abs() < 1e-5).any(0)
     assert ((s32.double() == s64).all(0) | near_tie).all()
 
-def test_autocast_bfloat16_cpu():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_bfloat16_cpu(backend):
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 32)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         current = layer(torch.randn(200, 4, 16))
         assert current.dtype == torch.bfloat16
-        spikes, membrane = amos_lif_parallel(current, 2.0, 0.2)
+        spikes, membrane = amos_lif_parallel(current, 2.0, 0.2, backend=backend)
     assert spikes.dtype == membrane.dtype == torch.bfloat16
     assert torch.isfinite(membrane.float()).all()
     (spikes.float().sum() + membrane.float().sum()).backward()
@@ -92,11 +103,12 @@ def test_float16_long_is_finite():
     spikes, membrane = amos_lif_parallel(x, 2.0)
     assert membrane.dtype == torch.float16 and torch.isfinite(membrane).all()
 
-def test_module_conv_layout_per_channel_tau():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_conv_layout_per_channel_tau(backend):
     torch.manual_seed(0)
     x = 1 + torch.randn(10, 2, 3, 4, 4, dtype=torch.float64)
     grads = []
-    for backend in ('parallel', 'sequential'):
+    for backend in (backend, 'sequential'):
         m = AMOSLIF(tau=3.0, learnable_tau=True, num_channels=3, backend=backend).double()
         x_ = x.clone().requires_grad_()
         s = m(x_)
@@ -106,3 +118,22 @@ def test_module_conv_layout_per_channel_tau():
     assert torch.equal(grads[0][0], grads[1][0])
     assert_close(grads[0][1], grads[1][1], 'dL/dX')
     assert_close(grads[0][2], grads[1][2], 'dL/dw')
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_without_membrane_matches(backend):
+    torch.manual_seed(3)
+    x = 1 + torch.randn(50, 7, 9)
+    with torch.no_grad():
+        spikes, none = amos_lif_parallel(x, 2.0, backend=backend, return_membrane=False)
+    assert none is None
+    assert torch.equal(spikes, amos_lif_sequential(x, 2.0)[0])
+
+def test_auto_prefers_fused_on_cpu_and_falls_back_for_custom_surrogates():
+    from pttfs.parallel import choose_backend
+    x = torch.randn(4, 3)
+    expected = 'cpu-fused' if load_fused_extension() is not None else 'torch'
+    assert choose_backend(x, 2.0, Sigmoid()) == expected
+    assert choose_backend(x, 2.0, lambda u: (u >= 0).float()) == 'torch'
+    with pytest.raises(ValueError, match="backend"):
+        choose_backend(x, 2.0, Sigmoid(), backend="nonsense")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU device check, prepared for one NVIDIA GPU (the `device` tool's machine: python3 with torch and Triton,
+# no internet). About 5-7 minutes. Writes everything under ${OUT:-benchmarks}:
+#   gpu-tests.txt   the CUDA exactness checks (triton vs BPTT, float64 and float32)
+#   gpu.json        pttfs-bench on the GPU (isolated neuron sweep + CIFAR net), device name inside, plus figures
+# SpikingJelly is not on that machine: carry its wheel in .whl/ (see the device README), e.g.
+#   pip download --no-deps -d .whl spikingjelly==2.0.0
+# Run from the repository root:  bash benchmarks/gpu.sh
+set -uo pipefail
+out=${OUT:-benchmarks}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu-device.txt"
+
+# 1. exactness on CUDA: the Triton backend against the sequential reference (float64), plus float32 and autocast
+timeout 120 python3 - <<'PY' 2>&1 | tee "$out/gpu-tests.txt"
+import torch
+from pttfs.parallel import compare_with_reference, choose_backend, amos_lif_parallel
+from pttfs.surrogate import ATan
+from pttfs import AMOSLIF
+assert torch.cuda.is_available()
+torch.set_default_device('cuda')
+x = torch.randn(8, 4)
+print("auto backend on CUDA:", choose_backend(x, 2.0, AMOSLIF().surrogate))
+worst = 0.0
+for T in [1, 2, 16, 65, 512]:
+    for tau in [1.01, 2.0, 1000.0]:
+        for force_last in [False, True]:
+            r = compare_with_reference(T, tau, force_last, trailing=(64,), tau_per_neuron=(T % 2 == 0), backend='triton')
+            assert r['spikes_equal'], (T, tau, force_last)
+            worst = max(worst, r['membrane'], r['grad_x'], r['grad_tau'])
+print(f"float64 triton vs BPTT: spikes identical, worst difference {worst:.2e}")
+assert worst < 1e-10
+r = compare_with_reference(300, 2.0, False, trailing=(4, 256), surrogate=ATan(), backend='triton')
+assert r['spikes_equal'] and max(r['membrane'], r['grad_x'], r['grad_tau']) < 1e-10
+x = (1 + torch.randn(4096, 1024)).requires_grad_()
+s, h = amos_lif_parallel(x, 2.0)
+(s.sum() + h.sum()).backward()
+assert torch.isfinite(h).all() and torch.isfinite(x.grad).all()
+with torch.autocast('cuda', dtype=torch.bfloat16):
+    s, h = amos_lif_parallel(torch.randn(64, 1000, dtype=torch.bfloat16), 2.0)
+assert torch.isfinite(h.float()).all()
+print("float32 T=4096 finite; autocast bf16 finite; all CUDA checks passed")
+PY
+
+# 2. the benchmark sweep on the GPU (the paper's grid, trimmed to fit the time)
+timeout 420 python3 -m pttfs.bench --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
+  --network-T 4 --network-B 16,32 --network-C 256 --repeats 20 --out "$out/gpu.json" 2>&1 | tail -40
