@@ -22,26 +22,25 @@ from pttfs.parallel import compare_with_reference, choose_backend, amos_lif_para
 from pttfs.surrogate import ATan
 from pttfs import AMOSLIF
 assert torch.cuda.is_available()
-torch.set_default_device('cuda')
-x = torch.randn(8, 4)
+x = torch.randn(8, 4, device='cuda')
 print("auto backend on CUDA:", choose_backend(x, 2.0, AMOSLIF().surrogate))
 worst = 0.0
 for T in [1, 2, 16, 65, 512]:
     for tau in [1.01, 2.0, 1000.0]:
         for force_last in [False, True]:
-            r = compare_with_reference(T, tau, force_last, trailing=(64,), tau_per_neuron=(T % 2 == 0), backend='triton')
+            r = compare_with_reference(T, tau, force_last, trailing=(64,), tau_per_neuron=(T % 2 == 0), backend='triton', device='cuda')
             assert r['spikes_equal'], (T, tau, force_last)
             worst = max(worst, r['membrane'], r['grad_x'], r['grad_tau'])
 print(f"float64 triton vs BPTT: spikes identical, worst difference {worst:.2e}")
 assert worst < 1e-10
-r = compare_with_reference(300, 2.0, False, trailing=(4, 256), surrogate=ATan(), backend='triton')
+r = compare_with_reference(300, 2.0, False, trailing=(4, 256), surrogate=ATan(), backend='triton', device='cuda')
 assert r['spikes_equal'] and max(r['membrane'], r['grad_x'], r['grad_tau']) < 1e-10
-x = (1 + torch.randn(4096, 1024)).requires_grad_()
+x = (1 + torch.randn(4096, 1024, device='cuda')).requires_grad_()
 s, h = amos_lif_parallel(x, 2.0)
 (s.sum() + h.sum()).backward()
 assert torch.isfinite(h).all() and torch.isfinite(x.grad).all()
 with torch.autocast('cuda', dtype=torch.bfloat16):
-    s, h = amos_lif_parallel(torch.randn(64, 1000, dtype=torch.bfloat16), 2.0)
+    s, h = amos_lif_parallel(torch.randn(64, 1000, device='cuda', dtype=torch.bfloat16), 2.0)
 assert torch.isfinite(h.float()).all()
 print("float32 T=4096 finite; autocast bf16 finite; all CUDA checks passed")
 PY

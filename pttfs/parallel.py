@@ -152,13 +152,15 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
 
 # %% ../nbs/04_backward.ipynb #11293445
 def compare_with_reference(T: int, tau: float, force_last: bool, trailing=(64,), tau_per_neuron: bool = False,
-                           surrogate=Sigmoid(), seed: int = 0, dtype=torch.float64, backend: str = 'auto') -> dict:
+                           surrogate=Sigmoid(), seed: int = 0, dtype=torch.float64, backend: str = 'auto',
+                           device: str = 'cpu') -> dict:
     "Run `amos_lif_parallel` and `amos_lif_sequential` on one random problem; max |difference| of every output and gradient."
-    generator = torch.Generator().manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)                         # drawn on the CPU: the same problem on any device
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)
     x = 1.0 + 1.5 * randn(T, *trailing)
     tau_value = torch.full(trailing[-1:] if tau_per_neuron else (), tau, dtype=dtype)
     if tau_per_neuron: tau_value = tau_value * (1 + torch.rand(trailing[-1], generator=generator, dtype=dtype))
+    tau_value = tau_value.to(device)
     v_threshold = round(charge(x, tau_value).median().item(), 3) + 1e-4     # off any tie with a membrane value
     g_spikes, g_membrane = randn(T, *trailing), randn(T, *trailing)
     results = []
