@@ -308,4 +308,6 @@ def run(args) -> dict:
     return result
 
 # %% ../nbs/07_benchmark.ipynb #49f87c57
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # python -m pttfs.bench
+#| eval: false
+# NBVAL_SKIP
+if __name__ == '__main__': main()   # python -m pttfs.bench
