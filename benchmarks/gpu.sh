@@ -46,5 +46,5 @@ print("float32 T=4096 finite; autocast bf16 finite; all CUDA checks passed")
 PY
 
 # 2. the benchmark sweep on the GPU (the paper's grid, trimmed to fit the time)
-timeout 420 python3 -m pttfs.bench --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
+timeout 420 python3 -c "from pttfs.bench import main; main()" --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
   --network-T 4 --network-B 16,32 --network-C 256 --repeats 20 --out "$out/gpu.json" 2>&1 | tail -40

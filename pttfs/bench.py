@@ -306,8 +306,3 @@ def run(args) -> dict:
         print('network', ' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {out}")
     return result
-
-# %% ../nbs/07_benchmark.ipynb #49f87c57
-#| eval: false
-# NBVAL_SKIP
-if __name__ == '__main__': main()   # python -m pttfs.bench
