@@ -169,6 +169,64 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_membrane,
     }
   });
 }
+
+// Backward without a stored membrane (fixed tau, membrane not an output): sweep 1 recomputes H forward from x and
+// writes Eq. 17's spatial term into grad_x; sweep 2 runs Eq. 18 backwards over the same block, still in cache.
+// Nothing of size [T, N] is saved for the backward except the input itself.
+template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+static inline void recompute_step(int64_t len, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ gs,
+                                  scalar_t* __restrict__ gx, scalar_t* __restrict__ h,
+                                  const scalar_t* __restrict__ g_first, const scalar_t* __restrict__ g_second,
+                                  const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
+                                  scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
+    const scalar_t hv = (scalar_t(1) - scalar_t(1) / tau) * h[i] + xt[i] / tau;                // Eq. 4 again
+    h[i] = hv;
+    const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
+    const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
+    const scalar_t spatial = d_spike * theta_prime(hv - v_threshold, kind, alpha);               // Eq. 17
+    gx[i] = ((ti <= f[i]) & !forced) ? spatial : scalar_t(0);
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU>
+static inline void reverse_step(int64_t len, scalar_t* __restrict__ gx, scalar_t* __restrict__ delta,
+                                const scalar_t* __restrict__ tau_b, scalar_t tau_scalar) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
+    const scalar_t d = (scalar_t(1) - scalar_t(1) / tau) * delta[i] + gx[i];                     // Eq. 18
+    delta[i] = d;
+    gx[i] = d / tau;
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+void backward_recompute_kernel(const scalar_t* grad_spikes, const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar,
+                               const int32_t* first, const int32_t* second, scalar_t* grad_x, int64_t T, int64_t N,
+                               scalar_t v_threshold, bool force_last, int kind, scalar_t alpha) {
+  constexpr int64_t RBLOCK = 512;                         // a block's [T, RBLOCK] rows of grad_x stay in L2 between sweeps
+  at::parallel_for(0, (N + RBLOCK - 1) / RBLOCK, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> h(RBLOCK), delta(RBLOCK), g_first(RBLOCK), g_second(RBLOCK);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * RBLOCK, len = std::min(RBLOCK, N - n0);
+      const scalar_t* tau_b = PER_NEURON_TAU ? tau + n0 : nullptr;
+      const int32_t* f = first + n0;
+      for (int64_t i = 0; i < len; ++i) {
+        const int32_t s = second[n0 + i];
+        g_first[i] = f[i] < T ? grad_spikes[GS_SCALAR ? 0 : f[i] * N + n0 + i] : scalar_t(0);
+        g_second[i] = s < T ? grad_spikes[GS_SCALAR ? 0 : s * N + n0 + i] : scalar_t(0);
+        h[i] = 0; delta[i] = 0;
+      }
+      for (int64_t t = 0; t < T; ++t)
+        recompute_step<scalar_t, PER_NEURON_TAU, GS_SCALAR>(len, x + t * N + n0, GS_SCALAR ? grad_spikes : grad_spikes + t * N + n0,
+            grad_x + t * N + n0, h.data(), g_first.data(), g_second.data(), f, tau_b, tau_scalar, v_threshold,
+            force_last && t == T - 1, (int32_t)t, kind, alpha);
+      for (int64_t t = T - 1; t >= 0; --t)
+        reverse_step<scalar_t, PER_NEURON_TAU>(len, grad_x + t * N + n0, delta.data(), tau_b, tau_scalar);
+    }
+  });
+}
 """
 
 # %% ../nbs/06_fused.ipynb #df44e11a
@@ -218,6 +276,22 @@ std::vector<torch::Tensor> amos_backward(torch::Tensor grad_spikes, torch::Tenso
   });
   return {grad_x, grad_tau};
 }
+
+torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x, torch::Tensor tau, double tau_scalar,
+                                      torch::Tensor first, torch::Tensor second, double v_threshold, bool force_last,
+                                      int64_t kind, double alpha) {
+  const int64_t T = x.size(0), N = x.numel() / T;
+  auto grad_x = torch::empty_like(x);
+  const bool per_neuron = tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_backward_recompute", [&] {
+    auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, true, true> : backward_recompute_kernel<scalar_t, true, false>)
+                             : (gs_scalar ? backward_recompute_kernel<scalar_t, false, true> : backward_recompute_kernel<scalar_t, false, false>);
+    kernel(grad_spikes.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr,
+           (scalar_t)tau_scalar, first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), grad_x.data_ptr<scalar_t>(),
+           T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+  });
+  return grad_x;
+}
 """
 
 CPP_SOURCE = _CPP_HEADER + _CPP_EXP + _CPP_FORWARD + _CPP_BACKWARD + _CPP_BINDINGS
@@ -252,7 +326,7 @@ def load_fused_extension():
             key = '\n'.join([CPP_SOURCE, ' '.join(flags), torch.__version__, _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
             try:
-                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward'],
+                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward', 'amos_backward_recompute'],
                                                   extra_cflags=flags, verbose=False)
                 return _state['extension']
             except Exception as e:
@@ -280,14 +354,17 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, tau, v_threshold, surrogate, force_last, return_membrane):
         extension = load_fused_extension()
+        x = x.contiguous()
         per_neuron = isinstance(tau, Tensor) and tau.numel() > 1
         tau_flat = tau.expand(x.shape[1:]).reshape(-1).contiguous() if per_neuron else _EMPTY.to(x.dtype)
         tau_scalar = 0.0 if per_neuron else float(tau)          # one τ: a number, no [N] tensor to read
-        need_membrane = return_membrane or any(ctx.needs_input_grad[:2])
-        spikes, membrane, first, second = extension.amos_forward(x.contiguous(), tau_flat, tau_scalar, v_threshold,
-                                                                 force_last, need_membrane)
-        ctx.save_for_backward(membrane if need_membrane else None, tau_flat, first, second)
-        ctx.tau_scalar, ctx.v_threshold, ctx.force_last = tau_scalar, v_threshold, force_last
+        # The backward needs H only for the τ gradient or for ∂L/∂H; otherwise it recomputes H from x (saved anyway,
+        # it is the input) and nothing of size [T, N] is stored.
+        recompute = not return_membrane and not ctx.needs_input_grad[1]
+        store = return_membrane or (ctx.needs_input_grad[0] and not recompute)
+        spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store)
+        ctx.save_for_backward(x if recompute else membrane, tau_flat, first, second)
+        ctx.recompute, ctx.tau_scalar, ctx.v_threshold, ctx.force_last = recompute, tau_scalar, v_threshold, force_last
         ctx.tau_shape = tau.shape if isinstance(tau, Tensor) else None
         ctx.kind, ctx.alpha = _SURROGATE_KIND[type(surrogate)], surrogate.alpha
         ctx.set_materialize_grads(False)
@@ -295,18 +372,23 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_membrane):
-        membrane, tau_flat, first, second = ctx.saved_tensors
-        if grad_spikes is None: grad_spikes = torch.zeros(1, dtype=membrane.dtype)
+        saved, tau_flat, first, second = ctx.saved_tensors       # saved: x (recompute) or the membrane
+        if grad_spikes is None: grad_spikes = torch.zeros(1, dtype=saved.dtype)
         elif all(stride == 0 for stride in grad_spikes.stride()):   # one number broadcast (the gradient of a sum):
             grad_spikes = grad_spikes.as_strided((1,), (1,))         # pass it as it is, no [T, N] copy
         else: grad_spikes = grad_spikes.contiguous()
-        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY.to(membrane.dtype)
+        extension = load_fused_extension()
+        if ctx.recompute:
+            grad_x = extension.amos_backward_recompute(grad_spikes, saved, tau_flat, ctx.tau_scalar, first, second,
+                                                       ctx.v_threshold, ctx.force_last, ctx.kind, ctx.alpha)
+            return grad_x, None, None, None, None, None
+        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY.to(saved.dtype)
         need_tau = ctx.needs_input_grad[1]
-        grad_x, grad_tau = load_fused_extension().amos_backward(
-            grad_spikes, grad_membrane, membrane, tau_flat, ctx.tau_scalar, first, second,
+        grad_x, grad_tau = extension.amos_backward(
+            grad_spikes, grad_membrane, saved, tau_flat, ctx.tau_scalar, first, second,
             ctx.v_threshold, ctx.force_last, ctx.kind, ctx.alpha, need_tau)
         if need_tau:
-            grad_tau = (grad_tau.view(membrane.shape[1:]).sum_to_size(ctx.tau_shape) if tau_flat.numel()
+            grad_tau = (grad_tau.view(saved.shape[1:]).sum_to_size(ctx.tau_shape) if tau_flat.numel()
                         else grad_tau.sum().reshape(ctx.tau_shape))
         return grad_x, (grad_tau if need_tau else None), None, None, None, None
 

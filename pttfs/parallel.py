@@ -146,8 +146,10 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
     if isinstance(tau, Tensor): tau = tau.to(dtype=compute.dtype, device=compute.device)
     else: tau = float(tau)
     function = PARALLEL_BACKENDS[choose_backend(compute, tau, surrogate, backend)][0]
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spikes, membrane = function(compute, tau, float(v_threshold), surrogate, force_last, return_membrane)
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spikes, membrane = function(compute, tau, float(v_threshold), surrogate, force_last, return_membrane)
+    else: spikes, membrane = function(compute, tau, float(v_threshold), surrogate, force_last, return_membrane)
     return spikes.to(x.dtype), (membrane.to(x.dtype) if return_membrane else None)
 
 # %% ../nbs/04_backward.ipynb #11293445
