@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from .surrogate import Sigmoid, ATan
 from .parallel import register_backend
+from .fused import _SURROGATE_KIND, kernel_limits, flat_tau, compact_grad, reduce_tau_grad
 
 # %% ../nbs/08_gpu.ipynb #f3a32cf8
 _kernels = {}
@@ -97,8 +98,7 @@ def triton_kernels():
     return _kernels
 
 # %% ../nbs/08_gpu.ipynb #454a55f9
-_SURROGATE_KIND = {Sigmoid: 0, ATan: 1}
-BLOCK = 128
+BLOCK = 128     # neurons per Triton program
 
 class TritonAMOSLIFFunction(torch.autograd.Function):
     "AMOS LIF with Triton kernels: forward Eqs. 4, 7–9; backward Eqs. 15–18 and the τ gradient."
@@ -107,9 +107,9 @@ class TritonAMOSLIFFunction(torch.autograd.Function):
         kernels = triton_kernels()
         x = x.contiguous()
         T, N = x.shape[0], x[0].numel()
-        per_neuron = isinstance(tau, Tensor) and tau.numel() > 1
-        tau_flat = tau.expand(x.shape[1:]).reshape(-1).contiguous() if per_neuron else x   # x: a placeholder pointer
-        tau_scalar = 1.0 if per_neuron else float(tau)
+        tau_flat, tau_scalar = flat_tau(tau, x)
+        per_neuron = tau_flat is not None
+        if not per_neuron: tau_flat = x                   # a placeholder pointer the kernel never reads
         need_membrane = return_membrane or any(ctx.needs_input_grad[:2])
         spikes = torch.empty_like(x)
         membrane = torch.empty_like(x) if need_membrane else spikes
@@ -129,9 +129,9 @@ class TritonAMOSLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membrane):
         membrane, tau_flat, first, second = ctx.saved_tensors
         T, N = membrane.shape[0], membrane[0].numel()
-        if grad_spikes is None: grad_spikes = torch.zeros(1, dtype=membrane.dtype, device=membrane.device)
-        gs_scalar = grad_spikes.numel() == 1 or all(stride == 0 for stride in grad_spikes.stride())
-        grad_spikes = grad_spikes.as_strided((1,), (1,)) if gs_scalar else grad_spikes.contiguous()
+        grad_spikes = (torch.zeros(1, dtype=membrane.dtype, device=membrane.device) if grad_spikes is None
+                       else compact_grad(grad_spikes))
+        gs_scalar = grad_spikes.numel() == 1
         has_gh = grad_membrane is not None
         grad_membrane = grad_membrane.contiguous() if has_gh else membrane
         need_tau = ctx.needs_input_grad[1]
@@ -142,9 +142,7 @@ class TritonAMOSLIFFunction(torch.autograd.Function):
             grad_spikes, grad_membrane, membrane, tau_flat if ctx.per_neuron else membrane, ctx.tau_scalar, first, second,
             grad_x, grad_tau, T, N, ctx.v_threshold, ctx.alpha, KIND=ctx.kind, FORCE_LAST=ctx.force_last,
             PER_NEURON=ctx.per_neuron, HAS_GH=has_gh, WANT_TAU=need_tau, GS_SCALAR=gs_scalar, BLOCK=BLOCK)
-        if need_tau:
-            grad_tau = (grad_tau.view(membrane.shape[1:]).sum_to_size(ctx.tau_shape) if ctx.per_neuron
-                        else grad_tau.sum().reshape(ctx.tau_shape))
+        if need_tau: grad_tau = reduce_tau_grad(grad_tau, membrane.shape[1:], ctx.tau_shape)
         return grad_x, (grad_tau if need_tau else None), None, None, None, None
 
 # %% ../nbs/08_gpu.ipynb #41ba550a
@@ -157,9 +155,7 @@ def _triton_supports(x: Tensor, tau, surrogate) -> str:
     interpreting = os.environ.get('TRITON_INTERPRET', '') == '1'
     if x.device.type != 'cuda' and not (interpreting and x.device.type == 'cpu'):
         return f"x is on {x.device}; Triton needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tests)"
-    if x.dtype not in (torch.float32, torch.float64): return f"dtype {x.dtype} (float32 and float64 only)"
-    if type(surrogate) not in _SURROGATE_KIND: return f"surrogate {surrogate!r} (only Sigmoid and ATan have a fused derivative)"
-    return _triton_available()
+    return kernel_limits(x, surrogate) or _triton_available()
 
 def _triton_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
     return TritonAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
