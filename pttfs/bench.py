@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
            'isolated_neuron_benchmark', 'SequenceWise', 'cifar_net', 'network_benchmark', 'describe_machine', 'ratios',
-           'plot_isolated', 'parse_args', 'main', 'run']
+           'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -306,3 +306,20 @@ def run(args) -> dict:
         print('network', ' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {out}")
     return result
+
+# %% ../nbs/07_benchmark.ipynb #5cefaf09
+def target_report(result: dict) -> list:
+    "Each target of the speed issue with the measured ratio (peer time / AMOS time) and whether it is met."
+    lines = []
+    for r in sorted(result['isolated_ratios'], key=lambda r: (r['mode'], r['N'], r['T'])):
+        if 'sj-lif/amos' not in r or 'sj-psn/amos' not in r: continue
+        faster_peer = min(r['sj-lif/amos'], r['sj-psn/amos'])
+        point = f"{r['mode']:9} N=2^{int(math.log2(r['N'])):<2} T={r['T']:<4}"
+        if r['T'] >= 16: lines.append((point, "faster peer / AMOS >= 3", faster_peer, faster_peer >= 3))
+        if r['T'] == 4: lines.append((point, "faster peer / AMOS >= 1", faster_peer, faster_peer >= 1))
+        if r['T'] == 256: lines.append((point, "LIF / AMOS >= 10", r['sj-lif/amos'], r['sj-lif/amos'] >= 10))
+    for r in result.get('network_ratios', []):
+        if r['mode'] == 'train' and 'sj-lif/amos' in r and 'sj-psn/amos' in r:
+            point = f"network   T={r['T']} B={r['B']} C={r['C']}"
+            lines.append((point, "faster peer / AMOS > 1", min(r['sj-lif/amos'], r['sj-psn/amos']), min(r['sj-lif/amos'], r['sj-psn/amos']) > 1))
+    return lines
