@@ -401,7 +401,7 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
         # The backward needs H only for the τ gradient or for ∂L/∂H; otherwise it recomputes H from x (saved anyway,
         # it is the input) and nothing of size [T, N] is stored.
         recompute = not return_membrane and not ctx.needs_input_grad[1]
-        store = return_membrane or (ctx.needs_input_grad[0] and not recompute)
+        store = return_membrane or (any(ctx.needs_input_grad[:2]) and not recompute)
         spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store)
         ctx.save_for_backward(x if recompute else membrane, tau_flat, first, second)
         ctx.recompute, ctx.tau_scalar, ctx.v_threshold, ctx.force_last = recompute, tau_scalar, v_threshold, force_last

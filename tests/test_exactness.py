@@ -109,3 +109,16 @@ def test_auto_prefers_fused_on_cpu_and_falls_back_for_custom_surrogates():
     assert choose_backend(x, 2.0, lambda u: (u >= 0).float()) == 'torch'
     with pytest.raises(ValueError, match="backend"):
         choose_backend(x, 2.0, Sigmoid(), backend="nonsense")
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tau_gradient_alone(backend):
+    "Only tau requires grad (a frozen input), spikes only: the backward must still have what it needs."
+    g = torch.Generator().manual_seed(4)
+    x = 1 + torch.randn(40, 6, generator=g, dtype=torch.float64)
+    grads = []
+    for neuron in (lambda x, t: amos_lif_parallel(x, t, backend=backend, return_membrane=False)[0],
+                   lambda x, t: amos_lif_sequential(x, t)[0]):
+        tau = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        (neuron(x, tau) * torch.arange(40.0, dtype=torch.float64)[:, None]).sum().backward()
+        grads.append(tau.grad)
+    assert (grads[0] - grads[1]).abs() <= TOL * (1 + grads[1].abs())
