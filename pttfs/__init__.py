@@ -15,3 +15,4 @@ from .parallel import amos_lif_parallel, AMOSLIFFunction, PARALLEL_BACKENDS
 from .fused import FusedAMOSLIFFunction   # registers the 'cpu-fused' backend (built on first use)
 from .gpu import TritonAMOSLIFFunction    # registers the 'triton' backend (CUDA; Triton imported on first use)
 from .module import AMOSLIF
+from .decoders import TemporalSelectorDecoder, RateDecoder, TemporalWeightingDecoder, TQTTFSDecoder
