@@ -16,3 +16,5 @@ from .fused import FusedAMOSLIFFunction   # registers the 'cpu-fused' backend (b
 from .gpu import TritonAMOSLIFFunction    # registers the 'triton' backend (CUDA; Triton imported on first use)
 from .module import AMOSLIF
 from .decoders import TemporalSelectorDecoder, RateDecoder, TemporalWeightingDecoder, TQTTFSDecoder
+from .data import load_dataset, direct_encode
+from .models import build_model, SpikingClassifier

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
-           'isolated_neuron_benchmark', 'SequenceWise', 'cifar_net', 'network_benchmark', 'describe_machine', 'ratios',
-           'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
+           'isolated_neuron_benchmark', 'network_benchmark', 'describe_machine', 'ratios', 'plot_isolated',
+           'parse_args', 'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -20,6 +20,7 @@ import time
 import torch
 from torch import nn, Tensor
 from .module import AMOSLIF
+from .models import cifar_net
 
 # %% ../nbs/07_benchmark.ipynb #06219be3
 def spikingjelly_neuron(name: str, T: int):
@@ -123,32 +124,6 @@ def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
                         record['saved_bytes'] = saved_tensor_bytes(lambda: neuron(leaf), exclude=[leaf])
                     records.append(record)
     return records
-
-# %% ../nbs/07_benchmark.ipynb #4067dab6
-class SequenceWise(nn.Module):
-    "Apply a stateless layer to [T, B, ...] by folding time into the batch."
-    def __init__(self, *layers):
-        super().__init__()
-        self.layers = nn.Sequential(*layers)
-    def forward(self, x: Tensor) -> Tensor:
-        T, B = x.shape[:2]
-        y = self.layers(x.flatten(0, 1))
-        return y.view(T, B, *y.shape[1:])
-
-
-def cifar_net(neuron_factory,  # () -> a neuron module for [T, B, ...] input
-              channels: int = 256,  # C; 256 in the PSN and AMOS papers
-              classes: int = 10,
-             ) -> nn.Sequential:
-    "The PSN paper's CIFAR-10 network with the given neuron after every conv/linear block."
-    C, layers, in_channels = channels, [], 3
-    for stage in range(2):
-        for _ in range(3):
-            layers += [SequenceWise(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C)), neuron_factory()]
-            in_channels = C
-        layers.append(SequenceWise(nn.AvgPool2d(2)))
-    layers += [SequenceWise(nn.Flatten(), nn.Linear(C * 64, C * 16)), neuron_factory(), SequenceWise(nn.Linear(C * 16, classes))]
-    return nn.Sequential(*layers)
 
 # %% ../nbs/07_benchmark.ipynb #507e09b6
 def network_benchmark(Ts=(4,), Bs=(16,), channels: int = 32, neurons=('amos', 'sj-lif', 'sj-psn'),

@@ -1,0 +1,66 @@
+"""pttfs-train: bad input exits 2 with one line naming the flag; a killed run resumes to the same metrics."""
+import json, os, signal, subprocess, sys, time
+import pytest
+import torch
+
+SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--channels', '4', '--batch-size', '256']
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, '-m', 'pttfs.train', *args], capture_output=True, text=True, timeout=timeout)
+
+@pytest.mark.parametrize("args, flag", [
+    (['--dataset', 'imagenet'], '--dataset'),
+    (['--schedule', '1:2,x'], '--schedule'),
+    (['--schedule', '0:3'], '--schedule'),
+    (['--batch-size', '0'], '--batch-size'),
+    (['--batch-size', '-3'], '--batch-size'),
+    (['--lr', '0'], '--lr'),
+])
+def test_bad_flags_exit_2_with_one_line(args, flag, tmp_path):
+    result = cli(*args, '--out', str(tmp_path / 'run'))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], result.stderr
+    assert not (tmp_path / 'run').exists()
+
+def test_missing_data_names_path_and_flag(tmp_path):
+    result = cli('--dataset', 'fashion-mnist', '--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'run'))
+    assert result.returncode == 2
+    assert '--download' in result.stderr and str(tmp_path / 'nowhere') in result.stderr
+
+def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp_path):
+    run = tmp_path / 'run'; run.mkdir()
+    (run / 'last.pt').write_bytes(b'not a checkpoint')
+    (run / 'metrics.jsonl').write_text('{"epoch": 1}\n')
+    result = cli(*SMALL, '--out', str(run), '--resume')
+    assert result.returncode == 2 and 'last.pt' in result.stderr
+    assert (run / 'last.pt').read_bytes() == b'not a checkpoint'
+    assert (run / 'metrics.jsonl').read_text() == '{"epoch": 1}\n'
+
+def test_mismatched_checkpoint_and_existing_run(tmp_path):
+    run = tmp_path / 'run'
+    assert cli(*SMALL, '--out', str(run), '--stop-after', '1').returncode == 0
+    before = (run / 'last.pt').read_bytes()
+    other = cli(*SMALL[:-1], '64', '--out', str(run), '--resume')            # another batch size
+    assert other.returncode == 2 and '--batch-size' in other.stderr
+    again = cli(*SMALL, '--out', str(run))                                    # a fresh run into a used folder
+    assert again.returncode == 2 and '--resume' in again.stderr
+    assert (run / 'last.pt').read_bytes() == before
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    whole = tmp_path / 'whole'
+    assert cli(*SMALL, '--out', str(whole)).returncode == 0
+    cut = tmp_path / 'cut'
+    process = subprocess.Popen([sys.executable, '-m', 'pttfs.train', *SMALL, '--out', str(cut)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / 'metrics.jsonl').exists() and time.time() < deadline: time.sleep(0.02)
+    time.sleep(0.3)                                          # somewhere inside a later epoch, or a write
+    process.send_signal(signal.SIGKILL); process.wait()
+    state = torch.load(cut / 'last.pt', weights_only=False)  # the checkpoint is complete ...
+    rows = [json.loads(l) for l in open(cut / 'metrics.jsonl')]
+    assert len(rows) == state['epochs_done']                  # ... and agrees with the metrics
+    assert cli(*SMALL, '--out', str(cut), '--resume').returncode == 0
+    assert [json.loads(l) for l in open(cut / 'metrics.jsonl')] == [json.loads(l) for l in open(whole / 'metrics.jsonl')]
+    summary = json.loads((cut / 'summary.json').read_text())
+    assert 0 <= summary['test_accuracy'] <= 1 and summary['world_size'] == 1 and summary['finished']
