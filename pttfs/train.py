@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'parse_schedule', 'epoch_stages', 'autocast_for', 'train_epoch', 'evaluate', 'atomic_write',
-           'write_metrics', 'save_checkpoint', 'parse_args', 'RunError', 'train', 'plot_run', 'main']
+           'write_metrics', 'save_checkpoint', 'parse_args', 'RunError', 'setup_distributed', 'train', 'plot_run',
+           'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -59,6 +60,7 @@ def train_epoch(model, loader, T: int, optimizer, device, progress=None) -> dict
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         if progress: progress.update(1)
+    total_loss, correct, seen = _all_sum([total_loss, correct, seen], device)    # over all processes under DDP
     return dict(train_loss=total_loss / seen, train_accuracy=correct / seen)
 
 
@@ -173,14 +175,44 @@ def _rng_state() -> dict:
     return dict(torch=torch.get_rng_state(), python=random.getstate())
 
 
+def setup_distributed(device: str) -> tuple:
+    "(rank, world_size, device) under torchrun (NCCL on GPUs, gloo on CPU); (0, 1, device) otherwise."
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size == 1: return 0, 1, device
+    import torch.distributed as dist
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    if str(device).startswith('cuda'):
+        torch.cuda.set_device(local_rank); device = f'cuda:{local_rank}'
+    if not dist.is_initialized(): dist.init_process_group('nccl' if str(device).startswith('cuda') else 'gloo')
+    return dist.get_rank(), world_size, device
+
+
+def _all_sum(values: list, device) -> list:
+    "Sum numbers over all processes (identity without torch.distributed)."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _barrier():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.barrier()
+
+
 def train(args) -> dict:
     "Run (or resume) the schedule in args.out; returns the summary."
     from tqdm import tqdm
     start = time.time()
-    os.makedirs(args.out, exist_ok=True)
+    rank, world_size, device = setup_distributed(args.device)
+    if args.batch_size % world_size:
+        raise RunError(f"--batch-size {args.batch_size} must be a multiple of the number of processes ({world_size})")
     state = _load_resume_state(args) if args.resume else None
     if state is None and os.path.exists(os.path.join(args.out, 'last.pt')):
         raise RunError(f"{args.out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    _barrier()                                        # every process has checked the folder before rank 0 writes to it
+    if rank == 0: os.makedirs(args.out, exist_ok=True)
     try:
         train_set = load_dataset(args.dataset, args.data_dir, train=True, download=args.download)
         test_set = load_dataset(args.dataset, args.data_dir, train=False, download=args.download)
@@ -188,7 +220,7 @@ def train(args) -> dict:
 
     torch.manual_seed(args.seed); random.seed(args.seed)
     model = build_model(args.dataset, args.architecture, args.decoder, args.channels, args.hidden, args.tau,
-                        args.decoder_threshold).to(args.device)
+                        args.decoder_threshold).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     epochs = epoch_stages(args.stages)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(epochs))
@@ -199,38 +231,52 @@ def train(args) -> dict:
         history, epochs_done, seconds_before = state['history'], state['epochs_done'], state.get('wall_seconds', 0.0)
     settings = {k: getattr(args, k) for k in RUN_KEYS}
     test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers)
-    interactive = sys.stderr.isatty()
+    trained = model                                   # what the optimizer steps through: DDP under torchrun
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        trained = DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
+    interactive = sys.stderr.isatty() and rank == 0
     epoch_bar = tqdm(total=len(epochs), initial=epochs_done, desc='epochs', disable=not interactive)
     final = None
     last_epoch = len(epochs) if args.stop_after is None else min(len(epochs), args.stop_after)
     for epoch in range(epochs_done, last_epoch):
         T = epochs[epoch]
         torch.manual_seed(args.seed * 100003 + epoch); random.seed(args.seed * 100003 + epoch)   # per epoch: resumable
-        order = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=order,
-                                  num_workers=args.workers, drop_last=False)
+        if world_size == 1:
+            order = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+            train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=order,
+                                      num_workers=args.workers)
+        else:                                         # each process its share; the global batch stays --batch-size
+            from torch.utils.data.distributed import DistributedSampler
+            sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
+            sampler.set_epoch(epoch)
+            train_loader = DataLoader(train_set, batch_size=args.batch_size // world_size, sampler=sampler,
+                                      num_workers=args.workers)
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
             row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])
-            row.update(train_epoch(model, train_loader, T, optimizer, args.device, bar))
+            row.update(train_epoch(trained, train_loader, T, optimizer, device, bar))
         scheduler.step()
-        final = evaluate(model, test_loader, T, args.device)
-        row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample')})
-        history.append(row)
-        save_checkpoint(args.out, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                       scheduler=scheduler.state_dict(), history=history, settings=settings,
-                                       epochs_done=epoch + 1, rng=_rng_state(),
-                                       wall_seconds=seconds_before + time.time() - start))
-        write_metrics(args.out, history)
+        if rank == 0:                                 # one process evaluates and writes; the others wait
+            final = evaluate(model, test_loader, T, device)
+            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample')})
+            history.append(row)
+            save_checkpoint(args.out, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                           scheduler=scheduler.state_dict(), history=history, settings=settings,
+                                           epochs_done=epoch + 1, rng=_rng_state(), world_size=world_size,
+                                           wall_seconds=seconds_before + time.time() - start))
+            write_metrics(args.out, history)
+            epoch_bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", steps=f"{row['avg_timesteps']:.2f}")
+        _barrier()
         epoch_bar.update(1)
-        epoch_bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", steps=f"{row['avg_timesteps']:.2f}")
     epoch_bar.close()
     T_now = epochs[max(0, last_epoch - 1)]
-    if final is None: final = evaluate(model, test_loader, T_now, args.device)        # nothing left to train
+    if rank != 0: return None
+    if final is None: final = evaluate(model, test_loader, T_now, device)            # nothing left to train
     summary = dict(dataset=args.dataset, architecture=args.architecture, decoder=args.decoder, schedule=args.schedule,
                    T=T_now, epochs=last_epoch, finished=last_epoch == len(epochs), test_accuracy=final['test_accuracy'],
                    avg_timesteps=final['avg_timesteps'], t_first_histogram=final['t_first_histogram'],
                    spikes_per_sample=final['spikes_per_sample'], spikes_per_sample_total=final['spikes_per_sample_total'],
-                   parameters=sum(p.numel() for p in model.parameters()), world_size=1, device=str(args.device),
+                   parameters=sum(p.numel() for p in model.parameters()), world_size=world_size, device=str(device),
                    wall_seconds=seconds_before + time.time() - start, seed=args.seed)
     atomic_write(os.path.join(args.out, 'summary.json'), lambda tmp: json.dump(summary, open(tmp, 'w'), indent=1))
     plot_run(args.out, history, summary)
@@ -260,6 +306,10 @@ def main(argv=None):
     except RunError as e:
         print(f"pttfs-train: error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    if summary is None: return                        # not rank 0
     print(json.dumps({k: summary[k] for k in ('dataset', 'T', 'test_accuracy', 'avg_timesteps', 'spikes_per_sample_total', 'wall_seconds')}))
 
 # %% ../nbs/12_train.ipynb #b92813d0

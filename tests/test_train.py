@@ -64,3 +64,15 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     assert [json.loads(l) for l in open(cut / 'metrics.jsonl')] == [json.loads(l) for l in open(whole / 'metrics.jsonl')]
     summary = json.loads((cut / 'summary.json').read_text())
     assert 0 <= summary['test_accuracy'] <= 1 and summary['world_size'] == 1 and summary['finished']
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    "Data-parallel with gloo on two CPU processes: rank 0 alone writes, and says how many processes trained."
+    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    result = subprocess.run([torchrun, '--nproc_per_node', '2', '-m', 'pttfs.train', *SMALL, '--out', str(tmp_path / 'ddp')],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / 'ddp' / 'summary.json').read_text())
+    assert summary['world_size'] == 2 and summary['finished']
+    rows = [json.loads(l) for l in open(tmp_path / 'ddp' / 'metrics.jsonl')]
+    assert [r['epoch'] for r in rows] == [1, 2, 3, 4]
+    assert sorted(os.listdir(tmp_path / 'ddp')) == ['accuracy.png', 'last.pt', 'metrics.jsonl', 'summary.json', 't_first.png']
