@@ -33,13 +33,15 @@ def digits_dataset(train: bool) -> TensorDataset:
     return TensorDataset(images[chosen], labels[chosen])
 
 # %% ../nbs/10_data.ipynb #151f88ac
-def dataset_transform(name: str, train: bool):
-    "ToTensor, the dataset's normalisation, and CIFAR's crop-and-flip augmentation for training."
+def dataset_transform(name: str, train: bool, augment: bool = None):
+    "ToTensor and the dataset's normalisation; with augmentation, random crops (and flips for CIFAR) for training."
     from torchvision import transforms
     info = DATASETS[name]
+    if augment is None: augment = name.startswith('cifar')          # CIFAR: on by default, as in the paper's setting
     steps = [transforms.ToTensor(), transforms.Normalize(info['mean'], info['std'])]
-    if train and name.startswith('cifar'):
-        steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] + steps
+    if train and augment:
+        if name.startswith('cifar'): steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] + steps
+        else: steps = [transforms.RandomCrop(28, padding=2)] + steps    # MNIST-like: small shifts, no flips
     return transforms.Compose(steps)
 
 
@@ -47,6 +49,7 @@ def load_dataset(name: str,  # one of DATASETS
                  data_dir: str = 'data',  # torchvision's root folder
                  train: bool = True,
                  download: bool = False,  # let torchvision download what is missing
+                 augment: bool = None,  # training augmentation; None: CIFAR yes, the others no
                 ) -> Dataset:
     "The train or test split of a dataset, transformed as described above."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -54,7 +57,7 @@ def load_dataset(name: str,  # one of DATASETS
     import torchvision.datasets as tvd
     cls = {'mnist': tvd.MNIST, 'fashion-mnist': tvd.FashionMNIST, 'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
     try:
-        return cls(root=data_dir, train=train, download=download, transform=dataset_transform(name, train))
+        return cls(root=data_dir, train=train, download=download, transform=dataset_transform(name, train, augment))
     except RuntimeError as e:
         if download: raise
         raise FileNotFoundError(f"{name} not found under {os.path.abspath(data_dir)} ({e}); "

@@ -108,7 +108,7 @@ def save_checkpoint(out: str, state: dict):
 # %% ../nbs/12_train.ipynb #9840eba0
 # Settings that define a run: a checkpoint made with other values cannot be resumed with these.
 RUN_KEYS = ('dataset', 'architecture', 'decoder', 'channels', 'hidden', 'tau', 'decoder_threshold', 'schedule',
-            'batch_size', 'lr', 'seed')
+            'batch_size', 'lr', 'seed', 'augment')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,6 +121,8 @@ def parse_args(argv=None):
     p.add_argument('--dataset', default='digits', choices=list(DATASETS))
     p.add_argument('--data-dir', default='data', help="torchvision's root folder for the datasets")
     p.add_argument('--download', action='store_true', help="download a missing dataset")
+    p.add_argument('--augment', action=argparse.BooleanOptionalAction, default=None,
+                   help="training augmentation (random crops; flips for CIFAR); default: on for CIFAR only")
     p.add_argument('--architecture', default=None, choices=['scnn', 'cifar'], help="default: cifar for CIFAR, scnn otherwise")
     p.add_argument('--decoder', default='tsd', choices=list(DECODERS))
     p.add_argument('--channels', type=int, default=None, help="C: 32 for the SCNN, 256 for the CIFAR net by default")
@@ -214,7 +216,7 @@ def train(args) -> dict:
     _barrier()                                        # every process has checked the folder before rank 0 writes to it
     if rank == 0: os.makedirs(args.out, exist_ok=True)
     try:
-        train_set = load_dataset(args.dataset, args.data_dir, train=True, download=args.download)
+        train_set = load_dataset(args.dataset, args.data_dir, train=True, download=args.download, augment=args.augment)
         test_set = load_dataset(args.dataset, args.data_dir, train=False, download=args.download)
     except FileNotFoundError as e: raise RunError(str(e)) from None
 
