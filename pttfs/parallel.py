@@ -13,7 +13,7 @@ from torch import Tensor
 from .surrogate import Sigmoid, surrogate_derivative
 from .dynamics import check_neuron_args, tau_tensor, amos_lif_sequential
 from .charging import leaky_scan, charge
-from .first_spike import fake_spikes, first_spike_index, spikes_from_index
+from .first_spike import fake_spikes, first_spike_index, spikes_from_index, amos_lif_forward
 
 # %% ../nbs/04_backward.ipynb #628495df
 def second_fake_spike_index(fake: Tensor,  # bool fake spikes S̃, shape [T, *]
@@ -75,10 +75,7 @@ class AMOSLIFFunction(torch.autograd.Function):
     "The AMOS LIF neuron with the parallel forward (Eqs. 5–9) and the parallel backward (Eqs. 10–20)."
     @staticmethod
     def forward(ctx, x, tau, v_threshold, surrogate, force_last):
-        decay = 1 - 1 / tau
-        membrane = leaky_scan(x / tau, decay)                                    # Eqs. 4–6
-        first = first_spike_index(fake_spikes(membrane, v_threshold, force_last))  # Eqs. 8–9
-        spikes = spikes_from_index(first, x.shape[0], x.dtype)                   # Eq. 7
+        spikes, membrane, _ = amos_lif_forward(x, tau, v_threshold, force_last)  # chapter 3: Eqs. 4–9
         ctx.save_for_backward(membrane, tau)
         ctx.v_threshold, ctx.surrogate, ctx.force_last = v_threshold, surrogate, force_last
         return spikes, membrane
