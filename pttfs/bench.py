@@ -158,7 +158,8 @@ def describe_machine(device: str = 'cpu') -> dict:
                 platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
                 torch=torch.__version__, device=str(device),
-                environment={k: os.environ[k] for k in ('OMP_NUM_THREADS', 'THP_MEM_ALLOC_ENABLE', 'PTTFS_DISABLE_FUSED') if k in os.environ})
+                environment={k: v for k, v in os.environ.items()         # what changes threads, kernels, the allocator
+                             if k in ('OMP_NUM_THREADS', 'THP_MEM_ALLOC_ENABLE', 'PTTFS_DISABLE_FUSED', 'LD_PRELOAD') or k.startswith('MALLOC_')})
     try:
         import spikingjelly; info['spikingjelly'] = getattr(spikingjelly, '__version__', 'installed')
     except ImportError: info['spikingjelly'] = None

@@ -125,7 +125,7 @@ void forward_kernel(const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar,
         else forward_step<scalar_t, PER_NEURON_TAU, false>(len, x + t * N + n0, spikes + t * N + n0, nullptr,
                                                              h.data(), f.data(), s.data(), tau_b, tau_scalar, v_threshold, forced, (int32_t)t, none);
       }
-      for (int64_t i = 0; i < len; ++i) { first[n0 + i] = f[i]; second[n0 + i] = s[i]; }
+      if (first) for (int64_t i = 0; i < len; ++i) { first[n0 + i] = f[i]; second[n0 + i] = s[i]; }   // not in inference
     }
   });
 }
@@ -144,14 +144,14 @@ static inline void backward_step(int64_t len, const scalar_t* __restrict__ gs, c
                                  const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
                                  scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
   for (int64_t i = 0; i < len; ++i) {
-    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);  // hoisted out of the loop for one τ
     const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
     const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
     const scalar_t spatial = d_spike * theta_prime(mt[i] - v_threshold, kind, alpha);            // Eq. 17
-    scalar_t d = (scalar_t(1) - scalar_t(1) / tau) * delta[i] + (HAS_GH ? gh[i] : scalar_t(0));  // Eq. 18
+    scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + (HAS_GH ? gh[i] : scalar_t(0));            // Eq. 18
     d += ((ti <= f[i]) & !forced) ? spatial : scalar_t(0);                                       // (1 - F[t-1])
     delta[i] = d;
-    gx[i] = d / tau;
+    gx[i] = d * inv_tau;                                                 // a product, not a quotient: divisions cost
     if (WANT_TAU) acc[i] += d * ((mprev ? mprev[i] : scalar_t(0)) - mt[i]);                     // dH[t]/dtau * tau
   }
 }
@@ -196,8 +196,10 @@ static inline void recompute_step(int64_t len, const scalar_t* __restrict__ xt, 
                                   const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
                                   scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
   for (int64_t i = 0; i < len; ++i) {
-    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
-    const scalar_t hv = (scalar_t(1) - scalar_t(1) / tau) * h[i] + xt[i] / tau;                // Eq. 4 again
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
+    // Eq. 4 again, with x·(1/τ) for x/τ: it may differ from the forward's H in the last bit, which moves Θ'(H − V_th)
+    // by a relative ~1e-7 (float32); the spike mask, the part that must be exact, comes from the forward's t_f.
+    const scalar_t hv = (scalar_t(1) - inv_tau) * h[i] + xt[i] * inv_tau;
     h[i] = hv;
     const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
     const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
@@ -210,10 +212,10 @@ template <typename scalar_t, bool PER_NEURON_TAU>
 static inline void reverse_step(int64_t len, scalar_t* __restrict__ gx, scalar_t* __restrict__ delta,
                                 const scalar_t* __restrict__ tau_b, scalar_t tau_scalar) {
   for (int64_t i = 0; i < len; ++i) {
-    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
-    const scalar_t d = (scalar_t(1) - scalar_t(1) / tau) * delta[i] + gx[i];                     // Eq. 18
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
+    const scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + gx[i];                               // Eq. 18
     delta[i] = d;
-    gx[i] = d / tau;
+    gx[i] = d * inv_tau;
   }
 }
 
@@ -249,21 +251,24 @@ void backward_recompute_kernel(const scalar_t* grad_spikes, const scalar_t* x, c
 _CPP_BINDINGS = r"""
 // Python-facing entry points. x, spikes, membrane, grads: [T, N] contiguous; tau: a [N] tensor, or an empty tensor
 // and the number tau_scalar; first/second: int32 [N].
+// An undefined tensor stands for "not wanted" (membrane, t_f/t_sf) or "one τ" (tau); Python sees it as None.
 std::vector<torch::Tensor> amos_forward(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
-                                        bool force_last, bool store_membrane) {
+                                        bool force_last, bool store_membrane, bool record_indices) {
   const int64_t T = x.size(0), N = x.numel() / T;
   auto spikes = torch::empty_like(x);
   auto membrane = store_membrane ? torch::empty_like(x) : torch::Tensor();
   advise_huge_pages(spikes);
   if (store_membrane) advise_huge_pages(membrane);
   auto opts = x.options().dtype(torch::kInt32);
-  auto first = torch::empty({N}, opts), second = torch::empty({N}, opts);
-  const bool per_neuron = tau.numel() > 0;
+  auto first = record_indices ? torch::empty({N}, opts) : torch::Tensor();
+  auto second = record_indices ? torch::empty({N}, opts) : torch::Tensor();
+  const bool per_neuron = tau.defined() && tau.numel() > 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_forward", [&] {
     auto kernel = per_neuron ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
     kernel(x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
            spikes.data_ptr<scalar_t>(), store_membrane ? membrane.data_ptr<scalar_t>() : nullptr,
-           first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), T, N, (scalar_t)v_threshold, force_last);
+           record_indices ? first.data_ptr<int32_t>() : nullptr, record_indices ? second.data_ptr<int32_t>() : nullptr,
+           T, N, (scalar_t)v_threshold, force_last);
   });
   return {spikes, membrane, first, second};
 }
@@ -302,7 +307,7 @@ torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x
   const int64_t T = x.size(0), N = x.numel() / T;
   auto grad_x = torch::empty_like(x);
   advise_huge_pages(grad_x);
-  const bool per_neuron = tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
+  const bool per_neuron = tau.defined() && tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_backward_recompute", [&] {
     auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, true, true> : backward_recompute_kernel<scalar_t, true, false>)
                              : (gs_scalar ? backward_recompute_kernel<scalar_t, false, true> : backward_recompute_kernel<scalar_t, false, false>);
@@ -312,12 +317,48 @@ torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x
   });
   return grad_x;
 }
+
+// The common case as one C++ autograd node: one fixed τ, spikes only, recomputing backward. Python's
+// autograd.Function costs ~10 µs a call on each side, as long as both kernels take for 2^14 neurons, so this is what
+// a network with fixed-τ neurons calls. Same kernels, same numbers as FusedAMOSLIFFunction's recomputing path.
+static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     // compact_grad, in C++
+  bool broadcast = grad.numel() == 1;
+  if (!broadcast) { broadcast = true; for (auto stride : grad.strides()) broadcast = broadcast && stride == 0; }
+  return broadcast ? grad.as_strided({1}, {1}) : grad.contiguous();
+}
+
+struct AMOSLIFFixedTau : public torch::autograd::Function<AMOSLIFFixedTau> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, double tau, double v_threshold,
+                               bool force_last, int64_t kind, double alpha) {
+    auto results = amos_forward(x, torch::Tensor(), tau, v_threshold, force_last, false, true);
+    ctx->save_for_backward({x, results[2], results[3]});
+    ctx->saved_data["tau"] = tau; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
+    ctx->saved_data["kind"] = kind; ctx->saved_data["alpha"] = alpha;
+    return results[0];
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto grad_x = amos_backward_recompute(one_number_or_contiguous(grads[0]), saved[0], torch::Tensor(),
+                                          ctx->saved_data["tau"].toDouble(), saved[1], saved[2],
+                                          ctx->saved_data["v_threshold"].toDouble(), ctx->saved_data["force_last"].toBool(),
+                                          ctx->saved_data["kind"].toInt(), ctx->saved_data["alpha"].toDouble());
+    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor amos_lif_fixed_tau(torch::Tensor x, double tau, double v_threshold, bool force_last, int64_t kind, double alpha) {
+  x = x.contiguous();
+  if (!(torch::GradMode::is_enabled() && x.requires_grad()))        // inference: no graph, no t_f/t_sf to keep
+    return amos_forward(x, torch::Tensor(), tau, v_threshold, force_last, false, false)[0];
+  return AMOSLIFFixedTau::apply(x, tau, v_threshold, force_last, kind, alpha);
+}
 """
 
 CPP_SOURCE = _CPP_HEADER + _CPP_EXP + _CPP_FORWARD + _CPP_BACKWARD + _CPP_BINDINGS
 
 # %% ../nbs/06_fused.ipynb #2b4068dd
-_FLAG_SETS = (['-O3', '-march=native'], ['-O3'])
+# OpenMP first: without -fopenmp, ATen's at::parallel_for (an OpenMP pragma in a header) runs on one thread.
+_FLAG_SETS = (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3'])
 _state = {'extension': None, 'error': None}
 
 def _cpu_signature() -> str:
@@ -346,8 +387,9 @@ def load_fused_extension():
             key = '\n'.join([CPP_SOURCE, ' '.join(flags), torch.__version__, _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
             try:
-                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward', 'amos_backward_recompute'],
-                                                  extra_cflags=flags, verbose=False)
+                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward', 'amos_backward_recompute', 'amos_lif_fixed_tau'],
+                                                  extra_cflags=flags, extra_ldflags=[f for f in flags if f == '-fopenmp'],
+                                                  verbose=False)
                 return _state['extension']
             except Exception as e:
                 lines = [l for l in str(e).splitlines() if 'error' in l.lower()] or str(e).splitlines() or ['']
@@ -402,7 +444,7 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
         # it is the input) and nothing of size [T, N] is stored.
         recompute = not return_membrane and not ctx.needs_input_grad[1]
         store = return_membrane or (any(ctx.needs_input_grad[:2]) and not recompute)
-        spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store)
+        spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store, True)
         ctx.save_for_backward(x if recompute else membrane, tau_flat, first, second)
         ctx.recompute, ctx.tau_scalar, ctx.v_threshold, ctx.force_last = recompute, tau_scalar, v_threshold, force_last
         ctx.tau_shape = tau.shape if isinstance(tau, Tensor) else None
@@ -430,11 +472,15 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
 # %% ../nbs/06_fused.ipynb #69caced9
 def _fused_supports(x: Tensor, tau, surrogate) -> str:
     if x.device.type != 'cpu': return f"x is on {x.device}, not the CPU"
-    if kernel_limits(x, surrogate): return kernel_limits(x, surrogate)
+    limits = kernel_limits(x, surrogate)
+    if limits: return limits
     if load_fused_extension() is None: return f"unavailable: {fused_error()}"
     return ''
 
 def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
+    if not return_membrane and not isinstance(tau, Tensor):          # one fixed τ, spikes only: the C++ autograd node
+        return load_fused_extension().amos_lif_fixed_tau(x, tau, v_threshold, force_last, _SURROGATE_KIND[type(surrogate)],
+                                                         surrogate.alpha), None
     return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
 
 register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',))

@@ -147,6 +147,7 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
         with torch.autocast(device_type=x.device.type, enabled=False):
             spikes, membrane = function(compute, tau, float(v_threshold), surrogate, force_last, return_membrane)
     else: spikes, membrane = function(compute, tau, float(v_threshold), surrogate, force_last, return_membrane)
+    if spikes.dtype == x.dtype: return spikes, (membrane if return_membrane else None)   # no no-op casts: ~1 µs
     return spikes.to(x.dtype), (membrane.to(x.dtype) if return_membrane else None)
 
 # %% ../nbs/04_backward.ipynb #11293445

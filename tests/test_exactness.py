@@ -122,3 +122,27 @@ def test_tau_gradient_alone(backend):
         (neuron(x, tau) * torch.arange(40.0, dtype=torch.float64)[:, None]).sum().backward()
         grads.append(tau.grad)
     assert (grads[0] - grads[1]).abs() <= TOL * (1 + grads[1].abs())
+
+
+@pytest.mark.skipif(load_fused_extension() is None, reason=f"fused kernel unavailable: {fused_error()}")
+@pytest.mark.parametrize("force_last", [False, True])
+@pytest.mark.parametrize("surrogate", [Sigmoid(), ATan(2.0)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fixed_tau_cpp_node_matches_bptt(force_last, surrogate, dtype):
+    "One fixed τ and spikes only go through the C++ autograd node; it must agree with BPTT like the Python one."
+    g = torch.Generator().manual_seed(5)
+    x = (1 + 1.5 * torch.randn(40, 6, 33, generator=g, dtype=torch.float64)).to(dtype).transpose(1, 2)  # non-contiguous
+    upstream = torch.randn(40, 33, 6, generator=g, dtype=torch.float64).to(dtype)
+    tol = TOL if dtype == torch.float64 else 1e-4
+    for weight in (upstream, torch.ones((), dtype=dtype)):     # random ∂L/∂S, and one number broadcast (a sum)
+        results = []
+        for neuron in (lambda x: amos_lif_parallel(x, 1.7, 1.1, surrogate, force_last, backend='cpu-fused', return_membrane=False)[0],
+                       lambda x: amos_lif_sequential(x, 1.7, 1.1, surrogate, force_last)[0]):
+            leaf = x.detach().requires_grad_()
+            spikes = neuron(leaf)
+            (spikes * weight).sum().backward()
+            results.append((spikes.detach(), leaf.grad, spikes.grad_fn.name()))
+        (s, gx, node), (s_ref, gx_ref, _) = results
+        assert 'AMOSLIFFixedTau' in node
+        assert torch.equal(s, s_ref)
+        assert (gx - gx_ref).abs().max() <= tol * (1 + gx_ref.abs().max())
