@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
-           'isolated_neuron_benchmark', 'network_benchmark', 'describe_machine', 'ratios', 'plot_isolated',
-           'parse_args', 'main', 'run', 'target_report']
+           'isolated_neuron_benchmark', 'network_benchmark', 'describe_machine', 'memory_rates', 'ratios',
+           'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -171,6 +171,16 @@ def describe_machine(device: str = 'cpu') -> dict:
     return info
 
 
+def memory_rates(device: str = 'cpu', mib: int = 256, repeats: int = 5) -> dict:
+    "Memory speeds in GB/s for the roofline: a copy between warm buffers (bytes read + written), and allocate-and-fill of a fresh buffer."
+    n = mib * 2**20 // 4
+    source, target = torch.ones(n, device=device), torch.empty(n, device=device)
+    target.copy_(source)
+    copy_ms = median_ms(lambda: target.copy_(source), 1, repeats, device)
+    fresh_ms = median_ms(lambda: torch.empty(n, device=device).fill_(1.0), 1, repeats, device)   # page faults included
+    return dict(buffer_mib=mib, copy_GBps=round(2 * 4 * n / copy_ms / 1e6, 1), first_touch_GBps=round(4 * n / fresh_ms / 1e6, 1))
+
+
 def ratios(records: list, reference: str = 'amos', keys=('N', 'T', 'mode')) -> list:
     "For every point, each neuron's time divided by the reference's: > 1 means the reference is faster."
     table = {}
@@ -262,6 +272,7 @@ def run(args) -> dict:
     progress = lambda text: (bar.set_description_str(text), bar.refresh())
     modes, neurons = tuple(args.modes.split(',')), tuple(args.neurons.split(','))
     result = dict(machine=describe_machine(args.device), settings={k: v for k, v in vars(args).items()})
+    result['machine']['memory'] = memory_rates(args.device, 16 if args.quick else 256)
     result['isolated'] = isolated_neuron_benchmark(args.N, args.T, modes, neurons, args.device, args.warmup, args.repeats,
                                                    args.max_elements, progress=progress)
     result['isolated_ratios'] = ratios(result['isolated'])
