@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
            'isolated_neuron_benchmark', 'network_benchmark', 'describe_machine', 'memory_rates', 'ratios',
-           'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
+           'plot_ratios', 'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -194,35 +194,45 @@ def ratios(records: list, reference: str = 'amos', keys=('N', 'T', 'mode')) -> l
     return out
 
 # %% ../nbs/07_benchmark.ipynb #eda0ac32
-def plot_isolated(result: dict, mode: str = 'train', path=None):
-    "Figs. 3-style: heatmaps of LIF/AMOS and PSN/AMOS time ratios over N x T, and absolute times at the smallest N."
+def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isolated'):
+    "Figs. 3–4 style: heatmaps of LIF/AMOS and PSN/AMOS time ratios over (N or B) × T, and absolute times along T."
     import matplotlib; import matplotlib.pyplot as plt
-    records = [r for r in result['isolated'] if r['mode'] == mode]
-    Ns, Ts = sorted({r['N'] for r in records}), sorted({r['T'] for r in records})
-    rows = ratios(records)
-    peers = [p for p in ('sj-lif', 'sj-psn') if any(f"{p}/amos" in r for r in rows)]
+    # Fig. 3: rows are neuron counts N, the absolute times at the smallest N; Fig. 4: rows are batch sizes B, the
+    # absolute times at B = 16 (the paper's 4c) when it was measured.
+    row_key, row_label = ('N', lambda n: f"$2^{{{int(math.log2(n))}}}$") if part == 'isolated' else ('B', str)
+    records = [r for r in result[part] if r['mode'] == mode]
+    rows, Ts = sorted({r[row_key] for r in records}), sorted({r['T'] for r in records})
+    table = ratios(records, keys=(row_key, 'T', 'mode'))
+    peers = [p for p in ('sj-lif', 'sj-psn') if any(f"{p}/amos" in r for r in table)]
     fig, axes = plt.subplots(1, len(peers) + 1, figsize=(4.2 * (len(peers) + 1), 3.6))
     axes = list(axes) if len(peers) else [axes]
     for ax, peer in zip(axes, peers):
-        grid = [[next((r[f"{peer}/amos"] for r in rows if r['N'] == N and r['T'] == T and f"{peer}/amos" in r), float('nan'))
-                 for T in Ts] for N in Ns]
-        image = ax.imshow(grid, cmap='viridis', origin='lower', aspect='auto')
-        for i, N in enumerate(Ns):
+        grid = [[next((r[f"{peer}/amos"] for r in table if r[row_key] == v and r['T'] == T and f"{peer}/amos" in r), float('nan'))
+                 for T in Ts] for v in rows]
+        ax.imshow(grid, cmap='viridis', origin='lower', aspect='auto')
+        for i, v in enumerate(rows):
             for j, T in enumerate(Ts):
                 if not math.isnan(grid[i][j]): ax.text(j, i, f"{grid[i][j]:.1f}", ha='center', va='center', color='w', fontsize=8)
-        ax.set_xticks(range(len(Ts)), [str(T) for T in Ts]); ax.set_yticks(range(len(Ns)), [f"$2^{{{int(math.log2(N))}}}$" for N in Ns])
-        ax.set_xlabel('T'); ax.set_ylabel('N'); ax.set_title(f"{peer} time / AMOS time ({mode})")
+        ax.set_xticks(range(len(Ts)), [str(T) for T in Ts]); ax.set_yticks(range(len(rows)), [row_label(v) for v in rows])
+        ax.set_xlabel('T'); ax.set_ylabel(row_key); ax.set_title(f"{peer} time / AMOS time ({mode})")
     ax = axes[-1]
-    smallest = Ns[0]
+    fixed = 16 if part == 'network' and 16 in rows else rows[0]
     for name in sorted({r['neuron'] for r in records}):
-        points = sorted((r['T'], r['ms']) for r in records if r['neuron'] == name and r['N'] == smallest)
+        points = sorted((r['T'], r['ms']) for r in records if r['neuron'] == name and r[row_key] == fixed)
         if points: ax.plot(*zip(*points), 'o-', label=name)
     ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('T'); ax.set_ylabel('ms')
-    ax.set_title(f"absolute time, N = $2^{{{int(math.log2(smallest))}}}$ ({mode})"); ax.legend(fontsize=8)
+    what = 'network' if part == 'network' else 'neuron'
+    ax.set_title(f"{what}: absolute time, {row_key} = {row_label(fixed)} ({mode})"); ax.legend(fontsize=8)
     fig.suptitle(f"{result['machine'].get('cpu_model') or result['machine']['processor']} | {result['machine']['device']} | {result['machine']['date'][:10]}", fontsize=9)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=120); plt.close(fig)
     return fig
+
+
+def plot_isolated(result: dict, mode: str = 'train', path=None):
+    "Fig. 3 style, for the isolated neuron (`plot_ratios` with part='isolated')."
+    return plot_ratios(result, mode, path, 'isolated')
+
 
 # %% ../nbs/07_benchmark.ipynb #6842068a
 def _int_list(text: str) -> list:
@@ -287,6 +297,8 @@ def run(args) -> dict:
     os.replace(out + '.tmp', out)                   # never a half-written file
     stem = os.path.splitext(out)[0]
     for mode in modes: plot_isolated(result, mode, f"{stem}-{mode}.png")
+    if len({(r['T'], r['B']) for r in result.get('network', [])}) > 1:            # Fig. 4 needs a sweep over T or B
+        for mode in modes: plot_ratios(result, mode, f"{stem}-network-{mode}.png", 'network')
     for row in result['isolated_ratios']:
         print(' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     for row in result.get('network_ratios', []):
@@ -300,6 +312,7 @@ def target_report(result: dict) -> list:
     lines = []
     for r in sorted(result['isolated_ratios'], key=lambda r: (r['mode'], r['N'], r['T'])):
         if 'sj-lif/amos' not in r or 'sj-psn/amos' not in r: continue
+        if r['N'] not in (2**10, 2**14, 2**18): continue                      # the sizes the targets name
         faster_peer = min(r['sj-lif/amos'], r['sj-psn/amos'])
         point = f"{r['mode']:9} N=2^{int(math.log2(r['N'])):<2} T={r['T']:<4}"
         if r['T'] >= 16: lines.append((point, "faster peer / AMOS >= 3", faster_peer, faster_peer >= 3))
