@@ -275,6 +275,12 @@ def main(argv=None):
     run(parse_args(argv))
 
 
+def _write_json(result: dict, path: str):
+    "Write atomically: a reader (or a run killed mid-write) never sees half a file."
+    with open(path + '.tmp', 'w') as f: json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
 def run(args) -> dict:
     "Run the benchmarks for parsed arguments; write and return the result."
     from tqdm import tqdm
@@ -286,15 +292,15 @@ def run(args) -> dict:
     result['isolated'] = isolated_neuron_benchmark(args.N, args.T, modes, neurons, args.device, args.warmup, args.repeats,
                                                    args.max_elements, progress=progress)
     result['isolated_ratios'] = ratios(result['isolated'])
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    _write_json(result, out)                        # a run killed during the network part keeps the isolated one
     if not args.no_network:
         result['network'] = network_benchmark(args.network_T, args.network_B, args.network_C, neurons, modes, args.device,
                                               max(1, args.warmup - 1), max(3, args.repeats // 3), progress=progress)
         result['network_ratios'] = ratios(result['network'], keys=('T', 'B', 'C', 'mode'))
+        _write_json(result, out)
     bar.close()
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + '.tmp', 'w') as f: json.dump(result, f, indent=1)
-    os.replace(out + '.tmp', out)                   # never a half-written file
     stem = os.path.splitext(out)[0]
     for mode in modes: plot_isolated(result, mode, f"{stem}-{mode}.png")
     if len({(r['T'], r['B']) for r in result.get('network', [])}) > 1:            # Fig. 4 needs a sweep over T or B
