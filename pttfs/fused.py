@@ -318,39 +318,41 @@ torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x
   return grad_x;
 }
 
-// The common case as one C++ autograd node: one fixed τ, spikes only, recomputing backward. Python's
-// autograd.Function costs ~10 µs a call on each side, as long as both kernels take for 2^14 neurons, so this is what
-// a network with fixed-τ neurons calls. Same kernels, same numbers as FusedAMOSLIFFunction's recomputing path.
+// The recomputing path (τ fixed, one or one per neuron; spikes only) as one C++ autograd node: forward saves x, t_f
+// and t_sf, backward recomputes H. A Python autograd.Function would cost ~10 µs a call on each side, as long as
+// both kernels take for 2^14 neurons, and this is the call every hidden layer of a fixed-τ network makes.
 static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     // compact_grad, in C++
   bool broadcast = grad.numel() == 1;
   if (!broadcast) { broadcast = true; for (auto stride : grad.strides()) broadcast = broadcast && stride == 0; }
   return broadcast ? grad.as_strided({1}, {1}) : grad.contiguous();
 }
 
-struct AMOSLIFFixedTau : public torch::autograd::Function<AMOSLIFFixedTau> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, double tau, double v_threshold,
-                               bool force_last, int64_t kind, double alpha) {
-    auto results = amos_forward(x, torch::Tensor(), tau, v_threshold, force_last, false, true);
-    ctx->save_for_backward({x, results[2], results[3]});
-    ctx->saved_data["tau"] = tau; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
+struct AMOSLIFRecompute : public torch::autograd::Function<AMOSLIFRecompute> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor tau, double tau_scalar,
+                               double v_threshold, bool force_last, int64_t kind, double alpha) {
+    auto results = amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, true);
+    ctx->save_for_backward({x, tau, results[2], results[3]});
+    ctx->saved_data["tau"] = tau_scalar; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
     ctx->saved_data["kind"] = kind; ctx->saved_data["alpha"] = alpha;
     return results[0];
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    auto grad_x = amos_backward_recompute(one_number_or_contiguous(grads[0]), saved[0], torch::Tensor(),
-                                          ctx->saved_data["tau"].toDouble(), saved[1], saved[2],
+    auto grad_x = amos_backward_recompute(one_number_or_contiguous(grads[0]), saved[0], saved[1],
+                                          ctx->saved_data["tau"].toDouble(), saved[2], saved[3],
                                           ctx->saved_data["v_threshold"].toDouble(), ctx->saved_data["force_last"].toBool(),
                                           ctx->saved_data["kind"].toInt(), ctx->saved_data["alpha"].toDouble());
-    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
-torch::Tensor amos_lif_fixed_tau(torch::Tensor x, double tau, double v_threshold, bool force_last, int64_t kind, double alpha) {
+// tau: the [N] values, or an empty tensor and the number tau_scalar. τ must not need a gradient here.
+torch::Tensor amos_lif_recompute(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold, bool force_last,
+                                 int64_t kind, double alpha) {
   x = x.contiguous();
   if (!(torch::GradMode::is_enabled() && x.requires_grad()))        // inference: no graph, no t_f/t_sf to keep
-    return amos_forward(x, torch::Tensor(), tau, v_threshold, force_last, false, false)[0];
-  return AMOSLIFFixedTau::apply(x, tau, v_threshold, force_last, kind, alpha);
+    return amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, false)[0];
+  return AMOSLIFRecompute::apply(x, tau, tau_scalar, v_threshold, force_last, kind, alpha);
 }
 """
 
@@ -387,7 +389,7 @@ def load_fused_extension():
             key = '\n'.join([CPP_SOURCE, ' '.join(flags), torch.__version__, _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
             try:
-                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward', 'amos_backward_recompute', 'amos_lif_fixed_tau'],
+                _state['extension'] = load_inline(name=name, cpp_sources=CPP_SOURCE, functions=['amos_forward', 'amos_backward', 'amos_backward_recompute', 'amos_lif_recompute'],
                                                   extra_cflags=flags, extra_ldflags=[f for f in flags if f == '-fopenmp'],
                                                   verbose=False)
                 return _state['extension']
@@ -433,20 +435,17 @@ def reduce_tau_grad(per_neuron_grad: Tensor, step_shape, tau_shape) -> Tensor:
     return per_neuron_grad.view(step_shape).sum_to_size(tau_shape) if len(tau_shape) else per_neuron_grad.sum()
 
 class FusedAMOSLIFFunction(torch.autograd.Function):
-    "AMOS LIF with the fused C++ kernels: forward Eqs. 4, 7–9; backward Eqs. 15–18 and the τ gradient."
+    "AMOS LIF with the fused C++ kernels, H stored: forward Eqs. 4, 7–9; backward Eqs. 15–18 and the τ gradient."
     @staticmethod
     def forward(ctx, x, tau, v_threshold, surrogate, force_last, return_membrane):
         extension = load_fused_extension()
         x = x.contiguous()
         tau_flat, tau_scalar = flat_tau(tau, x)                 # one τ: a number, no [N] tensor to read
         if tau_flat is None: tau_flat = _EMPTY.to(x.dtype)
-        # The backward needs H only for the τ gradient or for ∂L/∂H; otherwise it recomputes H from x (saved anyway,
-        # it is the input) and nothing of size [T, N] is stored.
-        recompute = not return_membrane and not ctx.needs_input_grad[1]
-        store = return_membrane or (any(ctx.needs_input_grad[:2]) and not recompute)
+        store = return_membrane or any(ctx.needs_input_grad[:2])
         spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store, True)
-        ctx.save_for_backward(x if recompute else membrane, tau_flat, first, second)
-        ctx.recompute, ctx.tau_scalar, ctx.v_threshold, ctx.force_last = recompute, tau_scalar, v_threshold, force_last
+        ctx.save_for_backward(membrane, tau_flat, first, second)
+        ctx.tau_scalar, ctx.v_threshold, ctx.force_last = tau_scalar, v_threshold, force_last
         ctx.tau_shape = tau.shape if isinstance(tau, Tensor) else None
         ctx.kind, ctx.alpha = _SURROGATE_KIND[type(surrogate)], surrogate.alpha
         ctx.set_materialize_grads(False)
@@ -454,20 +453,16 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_membrane):
-        saved, tau_flat, first, second = ctx.saved_tensors       # saved: x (recompute) or the membrane
-        grad_spikes = torch.zeros(1, dtype=saved.dtype) if grad_spikes is None else compact_grad(grad_spikes)
-        extension = load_fused_extension()
-        if ctx.recompute:
-            grad_x = extension.amos_backward_recompute(grad_spikes, saved, tau_flat, ctx.tau_scalar, first, second,
-                                                       ctx.v_threshold, ctx.force_last, ctx.kind, ctx.alpha)
-            return grad_x, None, None, None, None, None
-        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY.to(saved.dtype)
+        membrane, tau_flat, first, second = ctx.saved_tensors
+        grad_spikes = torch.zeros(1, dtype=membrane.dtype) if grad_spikes is None else compact_grad(grad_spikes)
+        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY.to(membrane.dtype)
         need_tau = ctx.needs_input_grad[1]
-        grad_x, grad_tau = extension.amos_backward(
-            grad_spikes, grad_membrane, saved, tau_flat, ctx.tau_scalar, first, second,
+        grad_x, grad_tau = load_fused_extension().amos_backward(
+            grad_spikes, grad_membrane, membrane, tau_flat, ctx.tau_scalar, first, second,
             ctx.v_threshold, ctx.force_last, ctx.kind, ctx.alpha, need_tau)
-        if need_tau: grad_tau = reduce_tau_grad(grad_tau, saved.shape[1:], ctx.tau_shape)
+        if need_tau: grad_tau = reduce_tau_grad(grad_tau, membrane.shape[1:], ctx.tau_shape)
         return grad_x, (grad_tau if need_tau else None), None, None, None, None
+
 
 # %% ../nbs/06_fused.ipynb #69caced9
 def _fused_supports(x: Tensor, tau, surrogate) -> str:
@@ -477,10 +472,14 @@ def _fused_supports(x: Tensor, tau, surrogate) -> str:
     if load_fused_extension() is None: return f"unavailable: {fused_error()}"
     return ''
 
+_EMPTY_OF = {torch.float32: torch.empty(0), torch.float64: torch.empty(0, dtype=torch.float64)}   # "one τ", per dtype
+
 def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
-    if not return_membrane and not isinstance(tau, Tensor):          # one fixed τ, spikes only: the C++ autograd node
-        return load_fused_extension().amos_lif_fixed_tau(x, tau, v_threshold, force_last, _SURROGATE_KIND[type(surrogate)],
-                                                         surrogate.alpha), None
-    return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
+    learns_tau = isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled()
+    if return_membrane or learns_tau:                      # H is an output or feeds the τ gradient: store it
+        return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
+    tau_flat, tau_scalar = flat_tau(tau, x)                # otherwise recompute it, in the C++ autograd node
+    return load_fused_extension().amos_lif_recompute(x, _EMPTY_OF[x.dtype] if tau_flat is None else tau_flat, tau_scalar,
+                                                     v_threshold, force_last, _SURROGATE_KIND[type(surrogate)], surrogate.alpha), None
 
 register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',))

@@ -128,21 +128,23 @@ def test_tau_gradient_alone(backend):
 @pytest.mark.parametrize("force_last", [False, True])
 @pytest.mark.parametrize("surrogate", [Sigmoid(), ATan(2.0)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fixed_tau_cpp_node_matches_bptt(force_last, surrogate, dtype):
-    "One fixed τ and spikes only go through the C++ autograd node; it must agree with BPTT like the Python one."
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_recompute_cpp_node_matches_bptt(force_last, surrogate, dtype, per_neuron):
+    "A fixed τ (one, or one per neuron) with spikes only goes through the C++ autograd node; it must agree with BPTT."
     g = torch.Generator().manual_seed(5)
     x = (1 + 1.5 * torch.randn(40, 6, 33, generator=g, dtype=torch.float64)).to(dtype).transpose(1, 2)  # non-contiguous
     upstream = torch.randn(40, 33, 6, generator=g, dtype=torch.float64).to(dtype)
+    tau = (1.2 + torch.rand(6, generator=g, dtype=torch.float64)).to(dtype) if per_neuron else 1.7
     tol = TOL if dtype == torch.float64 else 1e-4
     for weight in (upstream, torch.ones((), dtype=dtype)):     # random ∂L/∂S, and one number broadcast (a sum)
         results = []
-        for neuron in (lambda x: amos_lif_parallel(x, 1.7, 1.1, surrogate, force_last, backend='cpu-fused', return_membrane=False)[0],
-                       lambda x: amos_lif_sequential(x, 1.7, 1.1, surrogate, force_last)[0]):
+        for neuron in (lambda x: amos_lif_parallel(x, tau, 1.1, surrogate, force_last, backend='cpu-fused', return_membrane=False)[0],
+                       lambda x: amos_lif_sequential(x, tau, 1.1, surrogate, force_last)[0]):
             leaf = x.detach().requires_grad_()
             spikes = neuron(leaf)
             (spikes * weight).sum().backward()
             results.append((spikes.detach(), leaf.grad, spikes.grad_fn.name()))
         (s, gx, node), (s_ref, gx_ref, _) = results
-        assert 'AMOSLIFFixedTau' in node
+        assert 'AMOSLIFRecompute' in node
         assert torch.equal(s, s_ref)
         assert (gx - gx_ref).abs().max() <= tol * (1 + gx_ref.abs().max())
