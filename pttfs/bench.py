@@ -102,6 +102,7 @@ def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
                               max_elements: int = 2**26,  # skip points with T·N above this (memory, time)
                               sequential_max_elements: int = 2**20,  # the Python-loop reference only below this
                               progress=None,  # a callable(description) called before each point, or None
+                              rounds: int = 1,  # measure the neurons of a point in turn this many times; report the median
                              ) -> list:
     "Median times (ms) and saved-activation bytes for every (N, T, mode, neuron); one dict per measurement."
     records = []
@@ -109,15 +110,20 @@ def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
         for T in Ts:
             if T * N > max_elements: continue
             x = torch.randn(T, N, device=device)
-            for name in neurons:
-                if name == 'amos-sequential' and T * N > sequential_max_elements: continue
-                neuron = make_neuron(name, T)
-                if neuron is None: continue
-                neuron = neuron.to(device)
-                for mode in modes:
-                    if progress: progress(f"N=2^{int(math.log2(N))} T={T} {name} {mode}")
-                    ms = median_ms(lambda: neuron_step(neuron, x, mode), warmup, repeats, device)
-                    record = dict(N=N, T=T, mode=mode, neuron=name, ms=ms)
+            layers = {name: make_neuron(name, T) for name in neurons
+                      if not (name == 'amos-sequential' and T * N > sequential_max_elements)}
+            layers = {name: neuron.to(device) for name, neuron in layers.items() if neuron is not None}
+            for mode in modes:
+                # Rounds interleave the neurons (A B C A B C ...), so that a slow spell of a noisy machine falls on
+                # all of them rather than on one: the ratios are what the targets are about.
+                times = {name: [] for name in layers}
+                for round_ in range(rounds):
+                    for name, neuron in layers.items():
+                        if progress: progress(f"N=2^{int(math.log2(N))} T={T} {name} {mode} ({round_ + 1}/{rounds})")
+                        times[name].append(median_ms(lambda: neuron_step(neuron, x, mode), warmup, repeats, device))
+                for name, neuron in layers.items():
+                    record = dict(N=N, T=T, mode=mode, neuron=name, ms=statistics.median(times[name]))
+                    if rounds > 1: record['ms_rounds'] = times[name]
                     if mode == 'train':
                         leaf = x.detach().clone().requires_grad_()
                         reset_state(neuron)
@@ -256,6 +262,7 @@ def parse_args(argv=None):
     p.add_argument('--no-network', action='store_true', help="skip the full-network benchmark")
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--rounds', type=int, default=1, help="measure each point's neurons in turn this many times (median)")
     p.add_argument('--max-elements', type=int, default=2**26, help="skip isolated points with T*N above this")
     p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats")
     p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it)")
@@ -265,6 +272,7 @@ def parse_args(argv=None):
     for mode in args.modes.split(','):
         if mode not in ('train', 'inference'): p.error(f"--modes: unknown mode {mode!r}; choose from train, inference")
     if args.repeats < 1: p.error("--repeats must be at least 1")
+    if args.rounds < 1: p.error("--rounds must be at least 1")
     if args.device.startswith('cuda') and not torch.cuda.is_available(): p.error(f"--device {args.device}: CUDA is not available here")
     if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args
@@ -290,7 +298,7 @@ def run(args) -> dict:
     result = dict(machine=describe_machine(args.device), settings={k: v for k, v in vars(args).items()})
     result['machine']['memory'] = memory_rates(args.device, 16 if args.quick else 256)
     result['isolated'] = isolated_neuron_benchmark(args.N, args.T, modes, neurons, args.device, args.warmup, args.repeats,
-                                                   args.max_elements, progress=progress)
+                                                   args.max_elements, progress=progress, rounds=args.rounds)
     result['isolated_ratios'] = ratios(result['isolated'])
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
