@@ -411,7 +411,7 @@ def fused_error():
 
 # %% ../nbs/06_fused.ipynb #7965a828
 _SURROGATE_KIND = {Sigmoid: 0, ATan: 1}     # the surrogates whose Θ' the kernels compute themselves
-_EMPTY = torch.empty(0)
+_EMPTY_OF = {torch.float32: torch.empty(0), torch.float64: torch.empty(0, dtype=torch.float64)}  # "none" / "one τ"
 
 def kernel_limits(x: Tensor, surrogate) -> str:
     "'' if a fused kernel (this one, or Triton's) can take x and the surrogate, else why not."
@@ -441,7 +441,7 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
         extension = load_fused_extension()
         x = x.contiguous()
         tau_flat, tau_scalar = flat_tau(tau, x)                 # one τ: a number, no [N] tensor to read
-        if tau_flat is None: tau_flat = _EMPTY.to(x.dtype)
+        if tau_flat is None: tau_flat = _EMPTY_OF[x.dtype]
         store = return_membrane or any(ctx.needs_input_grad[:2])
         spikes, membrane, first, second = extension.amos_forward(x, tau_flat, tau_scalar, v_threshold, force_last, store, True)
         ctx.save_for_backward(membrane, tau_flat, first, second)
@@ -455,7 +455,7 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membrane):
         membrane, tau_flat, first, second = ctx.saved_tensors
         grad_spikes = torch.zeros(1, dtype=membrane.dtype) if grad_spikes is None else compact_grad(grad_spikes)
-        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY.to(membrane.dtype)
+        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None else _EMPTY_OF[membrane.dtype]
         need_tau = ctx.needs_input_grad[1]
         grad_x, grad_tau = load_fused_extension().amos_backward(
             grad_spikes, grad_membrane, membrane, tau_flat, ctx.tau_scalar, first, second,
@@ -471,8 +471,6 @@ def _fused_supports(x: Tensor, tau, surrogate) -> str:
     if limits: return limits
     if load_fused_extension() is None: return f"unavailable: {fused_error()}"
     return ''
-
-_EMPTY_OF = {torch.float32: torch.empty(0), torch.float64: torch.empty(0, dtype=torch.float64)}   # "one τ", per dtype
 
 def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
     learns_tau = isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled()
