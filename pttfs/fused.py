@@ -319,8 +319,9 @@ torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x
 }
 
 // The recomputing path (τ fixed, one or one per neuron; spikes only) as one C++ autograd node: forward saves x, t_f
-// and t_sf, backward recomputes H. A Python autograd.Function would cost ~10 µs a call on each side, as long as
-// both kernels take for 2^14 neurons, and this is the call every hidden layer of a fixed-τ network makes.
+// and t_sf, backward recomputes H. At 2^10-2^14 neurons the Python around the kernels (context, saved tensors, the
+// Python backward and its argument handling) costs as much as the kernels, and every hidden layer of a fixed-τ
+// network makes this call.
 static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     // compact_grad, in C++
   bool broadcast = grad.numel() == 1;
   if (!broadcast) { broadcast = true; for (auto stride : grad.strides()) broadcast = broadcast && stride == 0; }
