@@ -48,9 +48,18 @@ class AMOSLIF(nn.Module):
         "The current τ: a 0-d tensor, or one value per channel."
         return 1 / torch.sigmoid(self.tau_logit) if self.learnable_tau else self.tau_fixed
 
+    def _fixed_tau_number(self) -> float:
+        "The one fixed τ as a number, read from its buffer only when the buffer changed: `.item()` costs ~1 µs, and a sync on a GPU."
+        tau = self.tau_fixed
+        if tau.is_inference(): return tau.item()                    # made under inference_mode: no version counter
+        cached = self.__dict__.get('_tau_number')                   # (the buffer, its version, the number)
+        if cached is None or cached[0] is not tau or cached[1] != tau._version:   # replaced (.to, .double) or written in place
+            cached = self.__dict__['_tau_number'] = (tau, tau._version, tau.item())
+        return cached[2]
+
     def _tau_for(self, x: Tensor):
         "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
-        if self.num_channels is None: return self.tau if self.learnable_tau else self.tau_fixed.item()
+        if self.num_channels is None: return self.tau if self.learnable_tau else self._fixed_tau_number()
         if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
             raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
                              f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
