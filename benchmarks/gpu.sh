@@ -59,7 +59,7 @@ PY
 
 # 2. the benchmark sweep on the GPU (the paper's grid, trimmed to fit the time)
 timeout 400 python3 -c "from pttfs.bench import main; main()" --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
-  --network-T 4 --network-B 16,32 --network-C 256 --repeats 20 --out "$out/gpu.json" 2>&1 | tail -40
+  --network-T 4 --network-B 16,32 --network-C 256 --repeats 20 --peak-memory --out "$out/gpu.json" 2>&1 | tail -40
 
 fi
 

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['NEURONS', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes', 'neuron_step',
-           'isolated_neuron_benchmark', 'network_benchmark', 'describe_machine', 'memory_rates', 'ratios',
-           'plot_ratios', 'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
+           'isolated_neuron_benchmark', 'peak_memory_bytes', 'network_benchmark', 'describe_machine', 'memory_rates',
+           'ratios', 'plot_ratios', 'plot_isolated', 'parse_args', 'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import torch
@@ -103,8 +104,9 @@ def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
                               sequential_max_elements: int = 2**20,  # the Python-loop reference only below this
                               progress=None,  # a callable(description) called before each point, or None
                               rounds: int = 1,  # measure the neurons of a point in turn this many times; report the median
+                              peak_memory: bool = False,  # also measure each step's peak memory (`peak_memory_bytes`; on a CPU a process each)
                              ) -> list:
-    "Median times (ms) and saved-activation bytes for every (N, T, mode, neuron); one dict per measurement."
+    "Median times (ms), saved-activation bytes (and peak bytes) for every (N, T, mode, neuron); one dict per measurement."
     records = []
     for N in Ns:
         for T in Ts:
@@ -124,12 +126,59 @@ def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
                 for name, neuron in layers.items():
                     record = dict(N=N, T=T, mode=mode, neuron=name, ms=statistics.median(times[name]))
                     if rounds > 1: record['ms_rounds'] = times[name]
+                    if peak_memory: record['peak_bytes'] = peak_memory_bytes(name, T, N, mode, device)
                     if mode == 'train':
                         leaf = x.detach().clone().requires_grad_()
                         reset_state(neuron)
                         record['saved_bytes'] = saved_tensor_bytes(lambda: neuron(leaf), exclude=[leaf])
                     records.append(record)
     return records
+
+# %% ../nbs/07_benchmark.ipynb #9109e7f9
+_PEAK_CHILD = r"""
+import ctypes, gc, json, re, sys
+libc = ctypes.CDLL('libc.so.6')
+libc.mallopt(-3, 1 << 16)      # M_MMAP_THRESHOLD: every block of 64 KiB or more is its own mapping ...
+libc.mallopt(-1, 0)            # M_TRIM_THRESHOLD: ... and freed memory goes back at once, so RSS follows live tensors
+import torch
+from pttfs.bench import make_neuron, neuron_step
+from pttfs.module import AMOSLIF
+spec, T, N, mode = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+neuron = make_neuron(spec, T) if isinstance(spec, str) else AMOSLIF(**spec)
+def status(key): return int(re.search(key + r':\s+(\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+if neuron is None: print('null'); sys.exit()
+x = torch.randn(T, N)
+neuron_step(neuron, x, mode)                       # unmeasured: kernel build, lazy state
+gc.collect()
+before = status('VmRSS')
+try:
+    with open('/proc/self/clear_refs', 'w') as f: f.write('5')    # VmHWM := VmRSS
+except OSError: print('null'); sys.exit()
+neuron_step(neuron, x, mode)
+print(status('VmHWM') - before)
+"""
+
+def peak_memory_bytes(neuron,  # a name in NEURONS, or a dict of `AMOSLIF` keyword arguments
+                      T: int, N: int,  # the input is [T, N] float32
+                      mode: str = 'train',  # as in `neuron_step`
+                      device: str = 'cpu',
+                      timeout: float = 600,  # seconds for the CPU measurement's process
+                     ):
+    "Peak memory (bytes) of one `neuron_step` above what was in use before it; None if the neuron or the measurement is unavailable."
+    if str(device).startswith('cuda'):
+        layer = make_neuron(neuron, T) if isinstance(neuron, str) else AMOSLIF(**neuron)
+        if layer is None: return None
+        layer, x = layer.to(device), torch.randn(T, N, device=device)
+        neuron_step(layer, x, mode); torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device); torch.cuda.reset_peak_memory_stats(device)
+        neuron_step(layer, x, mode); torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not sys.platform.startswith('linux'): return None          # mallopt, /proc: glibc on Linux only
+    result = subprocess.run([sys.executable, '-c', _PEAK_CHILD, json.dumps(neuron), str(T), str(N), mode],
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"peak memory of {neuron!r} at T={T}, N={N} failed: {result.stderr.strip()[-1000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/07_benchmark.ipynb #507e09b6
 def network_benchmark(Ts=(4,), Bs=(16,), channels: int = 32, neurons=('amos', 'sj-lif', 'sj-psn'),
@@ -264,6 +313,7 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--rounds', type=int, default=1, help="measure each point's neurons in turn this many times (median)")
     p.add_argument('--max-elements', type=int, default=2**26, help="skip isolated points with T*N above this")
+    p.add_argument('--peak-memory', action='store_true', help="also record each isolated step's peak memory (CPU: a process per point and neuron, ~3 s each)")
     p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats")
     p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it)")
     args = p.parse_args(argv)
@@ -298,7 +348,8 @@ def run(args) -> dict:
     result = dict(machine=describe_machine(args.device), settings={k: v for k, v in vars(args).items()})
     result['machine']['memory'] = memory_rates(args.device, 16 if args.quick else 256)
     result['isolated'] = isolated_neuron_benchmark(args.N, args.T, modes, neurons, args.device, args.warmup, args.repeats,
-                                                   args.max_elements, progress=progress, rounds=args.rounds)
+                                                   args.max_elements, progress=progress, rounds=args.rounds,
+                                                   peak_memory=args.peak_memory)
     result['isolated_ratios'] = ratios(result['isolated'])
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
