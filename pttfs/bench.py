@@ -93,6 +93,7 @@ def neuron_step(neuron: nn.Module,
     reset_state(neuron)
     if mode == 'inference':
         with torch.no_grad(): return neuron(x)
+    if not (x.is_leaf and x.requires_grad): raise ValueError("neuron_step(mode='train') needs x to be a leaf that requires grad")
     out = neuron(x)
     out.sum().backward()
     x.grad.zero_()                                  # SpikingJelly's own benchmark does the same, inside the timed call
