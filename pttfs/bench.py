@@ -36,10 +36,11 @@ def spikingjelly_neuron(name: str, T: int):
 
 NEURONS = ('amos', 'amos-torch', 'amos-sequential', 'sj-lif', 'sj-psn')
 
-def make_neuron(name: str,  # one of NEURONS
+def make_neuron(name,  # one of NEURONS, or a dict of `AMOSLIF` keyword arguments
                 T: int,  # time steps (PSN's weight is T x T)
                ) -> nn.Module:
-    "A neuron layer for multi-step input [T, *] by name; None if its package is missing."
+    "A neuron layer for multi-step input [T, *] by name (or `AMOSLIF(**name)` for a dict); None if its package is missing."
+    if isinstance(name, dict): return AMOSLIF(**name)
     if name == 'amos': return AMOSLIF(tau=2.0)
     if name == 'amos-torch': return AMOSLIF(tau=2.0, backend='torch')
     if name == 'amos-sequential': return AMOSLIF(tau=2.0, backend='sequential')
@@ -145,9 +146,8 @@ libc.mallopt(-3, 1 << 16)      # M_MMAP_THRESHOLD: every block of 64 KiB or more
 libc.mallopt(-1, 0)            # M_TRIM_THRESHOLD: ... and freed memory goes back at once, so RSS follows live tensors
 import torch
 from pttfs.bench import make_neuron, neuron_step
-from pttfs.module import AMOSLIF
 spec, T, N, mode = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-neuron = make_neuron(spec, T) if isinstance(spec, str) else AMOSLIF(**spec)
+neuron = make_neuron(spec, T)
 def status(key): return int(re.search(key + r':\s+(\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
 if neuron is None: print('null'); sys.exit()
 x = torch.randn(T, N, requires_grad=True)
@@ -169,7 +169,7 @@ def peak_memory_bytes(neuron,  # a name in NEURONS, or a dict of `AMOSLIF` keywo
                      ):
     "Peak memory (bytes) of one `neuron_step` above what was in use before it; None if the neuron or the measurement is unavailable."
     if str(device).startswith('cuda'):
-        layer = make_neuron(neuron, T) if isinstance(neuron, str) else AMOSLIF(**neuron)
+        layer = make_neuron(neuron, T)
         if layer is None: return None
         layer, x = layer.to(device), torch.randn(T, N, device=device, requires_grad=True)
         neuron_step(layer, x, mode); torch.cuda.synchronize(device)
