@@ -32,10 +32,18 @@ def check_neuron_args(x, tau, v_threshold, surrogate, force_last):
         if not (math.isfinite(tau) and tau > 1):
             raise ValueError(f"tau must be finite and > 1 (so that alpha = 1 - 1/tau lies in (0, 1)); got {tau}")
     else: raise TypeError(f"tau must be a real number or a tensor, got {type(tau).__name__}")
-    if isinstance(v_threshold, Tensor) and v_threshold.numel() == 1: v_threshold = v_threshold.item()
-    if not isinstance(v_threshold, numbers.Real) or isinstance(v_threshold, bool):
-        raise TypeError(f"v_threshold must be a real number, got {type(v_threshold).__name__}")
-    if not math.isfinite(v_threshold): raise ValueError(f"v_threshold must be finite, got {v_threshold}")
+    if isinstance(v_threshold, Tensor):      # one threshold, or one per neuron; may be learnable
+        if not v_threshold.dtype.is_floating_point:
+            raise TypeError(f"v_threshold must be a floating-point tensor, got dtype {v_threshold.dtype}")
+        try: shape = torch.broadcast_shapes(v_threshold.shape, x.shape[1:])
+        except RuntimeError: shape = None
+        if shape != x.shape[1:]:
+            raise ValueError(f"v_threshold of shape {tuple(v_threshold.shape)} does not broadcast to one time step of x, {tuple(x.shape[1:])}")
+        bad = ~torch.isfinite(v_threshold.detach())
+        if bad.any(): raise ValueError(f"v_threshold must be finite, got {v_threshold.detach()[bad].flatten()[0].item()}")
+    elif not isinstance(v_threshold, numbers.Real) or isinstance(v_threshold, bool):
+        raise TypeError(f"v_threshold must be a real number or a tensor, got {type(v_threshold).__name__}")
+    elif not math.isfinite(v_threshold): raise ValueError(f"v_threshold must be finite, got {v_threshold}")
     if not callable(surrogate):
         raise TypeError(f"surrogate must be callable (e.g. pttfs.surrogate.Sigmoid()), got {type(surrogate).__name__}")
     if not isinstance(force_last, bool): raise TypeError(f"force_last must be a bool, got {type(force_last).__name__}")
@@ -49,20 +57,22 @@ def tau_tensor(tau, x: Tensor) -> Tensor:
 # %% ../nbs/01_dynamics.ipynb #7316c94a
 def amos_lif_sequential(x: Tensor,  # input current X, shape [T, *] (time first)
                         tau=2.0,  # membrane time constant τ_m > 1: a number, or a tensor broadcasting to x.shape[1:]
-                        v_threshold: float = 1.0,  # firing threshold V_th
+                        v_threshold=1.0,  # firing threshold V_th: a number, or a tensor broadcasting to x.shape[1:] (may be learnable)
                         surrogate=Sigmoid(),  # Θ with a surrogate gradient (`pttfs.surrogate`), or any such callable
                         force_last: bool = False,  # Eq. 7: force a spike at T-1 in neurons that have not fired
                        ) -> tuple:  # (spikes S, membrane H), both shaped like x
     "AMOS LIF neuron (Eqs. 1–4), one time step after the other; differentiable by autograd (BPTT)."
     check_neuron_args(x, tau, v_threshold, surrogate, force_last)
     tau = tau_tensor(tau, x)
+    if isinstance(v_threshold, Tensor): v_threshold = v_threshold.to(dtype=x.dtype, device=x.device)
     decay = 1 - 1 / tau                                  # α in Eq. 4
     h = torch.zeros_like(x[0])                           # H[-1] = 0
     fired = torch.zeros_like(x[0])                       # F[-1] = 0
     spikes, membrane = [], []
     T = x.shape[0]
+    steps = [s for block in x.split(256) for s in block.unbind(0)]   # x[t], sliced in two levels (see below)
     for t in range(T):
-        h = decay * h + x[t] / tau                       # Eq. 4
+        h = decay * h + steps[t] / tau                   # Eq. 4
         if force_last and t == T - 1:
             theta = torch.ones_like(h)                   # Eq. 7: a constant spike, no surrogate term
         else:
