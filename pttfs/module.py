@@ -17,8 +17,8 @@ from .parallel import amos_lif_parallel, PARALLEL_BACKENDS
 class AMOSLIF(nn.Module):
     "At-Most-One-Spike LIF neurons for multi-step input [T, *]; returns spikes (and the membrane on request)."
     def __init__(self,
-                 tau: float = 2.0,  # initial membrane time constant τ_m > 1
-                 v_threshold: float = 1.0,  # firing threshold V_th
+                 tau: float = 2.0,  # initial membrane time constant τ_m > 1: a number, or a 1-d tensor of one per channel
+                 v_threshold: float = 1.0,  # (initial) firing threshold V_th
                  surrogate=Sigmoid(),  # Θ with a surrogate gradient (`pttfs.surrogate`), or any such callable
                  force_last: bool = False,  # Eq. 7: force a spike at T-1 in neurons that have not fired
                  learnable_tau: bool = False,  # learn τ, parametrised as 1/τ = sigmoid(w) so that τ > 1 always
@@ -26,6 +26,7 @@ class AMOSLIF(nn.Module):
                  channel_dim: int = 2,  # the channel dimension of the input: 2 for [T, B, C] and [T, B, C, H, W]
                  return_membrane: bool = False,  # forward returns (spikes, membrane) instead of spikes
                  backend: str = 'auto',  # 'auto', a name in PARALLEL_BACKENDS, or 'sequential' (the BPTT reference loop)
+                 learnable_threshold: bool = False,  # learn V_th too (one for all neurons; backend 'auto', 'torch' or 'sequential')
                 ):
         super().__init__()
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
@@ -35,18 +36,40 @@ class AMOSLIF(nn.Module):
         if backend == 'parallel': backend = 'auto'
         if backend not in ('auto', 'sequential', *PARALLEL_BACKENDS):
             raise ValueError(f"backend must be 'auto', 'sequential' or one of {list(PARALLEL_BACKENDS)}, got {backend!r}")
-        check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
-        self.v_threshold, self.surrogate, self.force_last = float(v_threshold), surrogate, force_last
+        for name, flag in [('learnable_tau', learnable_tau), ('learnable_threshold', learnable_threshold),
+                           ('return_membrane', return_membrane)]:
+            if not isinstance(flag, bool): raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if learnable_threshold and backend not in ('auto', 'torch', 'sequential'):
+            raise ValueError(f"learnable_threshold=True runs on backend 'auto', 'torch' or 'sequential', not {backend!r}")
+        if isinstance(tau, Tensor) and tau.numel() == 1: tau = tau.item()
+        if isinstance(v_threshold, Tensor) and v_threshold.numel() == 1: v_threshold = v_threshold.item()
+        if isinstance(tau, Tensor):                                  # one initial τ per channel
+            if tau.dim() != 1 or num_channels not in (None, tau.numel()):
+                raise ValueError(f"tau must be a number, or a 1-d tensor with one initial value per channel "
+                                 f"(num_channels={num_channels}); got a tensor of shape {tuple(tau.shape)}")
+            num_channels = tau.numel()
+            check_neuron_args(torch.zeros(1, num_channels), tau, v_threshold, surrogate, force_last)
+            initial = tau.detach().to(torch.get_default_dtype()).clone()
+        else:
+            check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
+            initial = torch.full(() if num_channels is None else (num_channels,), float(tau))
+        self.surrogate, self.force_last = surrogate, force_last
         self.num_channels, self.channel_dim = num_channels, channel_dim
         self.return_membrane, self.backend, self.learnable_tau = return_membrane, backend, learnable_tau
-        initial = torch.full(() if num_channels is None else (num_channels,), float(tau))
+        self.learnable_threshold = learnable_threshold
+        if learnable_threshold: self.v_threshold = nn.Parameter(torch.tensor(float(v_threshold)))
+        else: self.v_threshold = float(v_threshold)
         if learnable_tau: self.tau_logit = nn.Parameter(-torch.log(initial - 1))    # σ(w) = 1/τ  ⇔  w = −ln(τ − 1)
         else: self.register_buffer('tau_fixed', initial)
 
     @property
     def tau(self) -> Tensor:
         "The current τ: a 0-d tensor, or one value per channel."
-        return 1 / torch.sigmoid(self.tau_logit) if self.learnable_tau else self.tau_fixed
+        if not self.learnable_tau: return self.tau_fixed
+        # Beyond |w| = ln(1/ε), σ(w) rounds to 1 (τ = 1, no leak: not an AMOS LIF neuron) or 1/σ(w) overflows; clamping
+        # there keeps 1 < τ < ∞ in the parameter's own precision, whatever the optimiser does to w.
+        bound = -math.log(torch.finfo(self.tau_logit.dtype).eps)
+        return 1 / torch.sigmoid(self.tau_logit.clamp(-bound, bound))
 
     def _fixed_tau_number(self) -> float:
         "The one fixed τ as a number, read from its buffer only when the buffer changed: `.item()` costs ~1 µs, and a sync on a GPU."
@@ -78,5 +101,6 @@ class AMOSLIF(nn.Module):
 
     def extra_repr(self) -> str:
         tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
-        return (f"tau={tau}, v_threshold={self.v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
+        v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
+        return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
                 f"surrogate={self.surrogate!r}, backend='{self.backend}'")

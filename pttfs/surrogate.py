@@ -30,12 +30,20 @@ class Surrogate:
     def derivative(self, x: Tensor) -> Tensor: raise NotImplementedError
     def __call__(self, x: Tensor) -> Tensor: return _HeavisideWithSurrogate.apply(x, self)
 
+    @staticmethod
+    def steepness(alpha) -> float:
+        "α as a float, or a ValueError/TypeError: a NaN, infinite, zero or negative α gives NaN or sign-flipped gradients."
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+        if not (math.isfinite(alpha) and alpha > 0): raise ValueError(f"alpha must be finite and > 0, got {alpha}")
+        return float(alpha)
+
 # %% ../nbs/00_surrogate.ipynb #94ed7aff
 class Sigmoid(Surrogate):
     "Θ'(x) ≈ α·σ(αx)·(1 − σ(αx)), the derivative of σ(αx); SpikingJelly's default (α = 4)."
     def __init__(self, alpha: float = 4.0  # steepness: larger α is closer to the true step
                 ):
-        self.alpha = float(alpha)
+        self.alpha = self.steepness(alpha)
     def derivative(self, x: Tensor) -> Tensor:
         s = torch.sigmoid(self.alpha * x)
         return self.alpha * s * (1 - s)
@@ -46,7 +54,7 @@ class ATan(Surrogate):
     "Θ'(x) ≈ (α/2) / (1 + (π/2·α·x)²), the derivative of atan(π/2·α·x)/π + 1/2; SpikingJelly's ATan (α = 2)."
     def __init__(self, alpha: float = 2.0  # steepness: larger α is closer to the true step
                 ):
-        self.alpha = float(alpha)
+        self.alpha = self.steepness(alpha)
     def derivative(self, x: Tensor) -> Tensor:
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
     def __repr__(self): return f"ATan(alpha={self.alpha})"
