@@ -15,14 +15,17 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import torch
 from torch import nn, Tensor
 from .module import AMOSLIF
 from .models import cifar_net
+from .train import OneLineParser, atomic_write
 
 # %% ../nbs/07_benchmark.ipynb #06219be3
 def spikingjelly_neuron(name: str, T: int):
@@ -303,15 +306,30 @@ def plot_isolated(result: dict, mode: str = 'train', path=None):
 
 # %% ../nbs/07_benchmark.ipynb #6842068a
 def _int_list(text: str) -> list:
-    "'4,16,2^8' -> [4, 16, 256]"
-    try: values = [2 ** int(v.split('^')[1]) if v.strip().startswith('2^') else int(v) for v in text.split(',')]
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers (2^k allowed), got {text!r}")
+    "'4,16,2^8' -> [4, 16, 256]: positive integers, each written out or as 2^k."
+    values = []
+    for part in text.split(','):
+        match = re.fullmatch(r'\s*(?:(\d+)|2\^(\d+))\s*', part)
+        if not match: raise argparse.ArgumentTypeError(f"expected positive integers or 2^k (k = 0, 1, ...), separated by commas; got {part.strip()!r}")
+        values.append(int(match[1]) if match[1] is not None else 2 ** int(match[2]))
     if any(v <= 0 for v in values): raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
     return values
 
 
+def _check_out_file(p, out: str) -> str:
+    "The JSON's absolute path, checked before any benchmark runs: not empty, not a folder, in a writable folder."
+    if not out.strip(): p.error("--out is empty: name the JSON file to write")
+    path = os.path.abspath(out)
+    if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)): pass        # can a file be written there?
+    except OSError as e: p.error(f"--out {out}: cannot write there ({e.strerror or e})")
+    return path
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
+    p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--N', type=_int_list, default=[2**10, 2**14, 2**18], help="neuron counts, e.g. 2^10,2^14,2^18")
     p.add_argument('--T', type=_int_list, default=[4, 16, 64, 256], help="time steps, e.g. 4,16,64,256")
@@ -335,6 +353,10 @@ def parse_args(argv=None):
         if mode not in ('train', 'inference'): p.error(f"--modes: unknown mode {mode!r}; choose from train, inference")
     if args.repeats < 1: p.error("--repeats must be at least 1")
     if args.rounds < 1: p.error("--rounds must be at least 1")
+    if args.warmup < 0: p.error("--warmup must be at least 0")
+    if args.network_C < 1: p.error("--network-C must be positive")
+    if args.max_elements < 1: p.error("--max-elements must be positive")
+    args.out = _check_out_file(p, args.out)
     if args.device.startswith('cuda') and not torch.cuda.is_available(): p.error(f"--device {args.device}: CUDA is not available here")
     if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args
@@ -347,8 +369,9 @@ def main(argv=None):
 
 def _write_json(result: dict, path: str):
     "Write atomically: a reader (or a run killed mid-write) never sees half a file."
-    with open(path + '.tmp', 'w') as f: json.dump(result, f, indent=1)
-    os.replace(path + '.tmp', path)
+    def write(tmp):
+        with open(tmp, 'w') as f: json.dump(result, f, indent=1)
+    atomic_write(path, write)
 
 
 def run(args) -> dict:
@@ -363,7 +386,6 @@ def run(args) -> dict:
                                                    args.max_elements, progress=progress, rounds=args.rounds)
     result['isolated_ratios'] = ratios(result['isolated'])
     out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     _write_json(result, out)                        # a run killed during the network part keeps the isolated one
     if not args.no_network:
         result['network'] = network_benchmark(args.network_T, args.network_B, args.network_C, neurons, modes, args.device,
