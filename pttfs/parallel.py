@@ -221,7 +221,7 @@ def compare_with_reference(T: int, tau: float, force_last: bool, trailing=(64,),
         spikes, membrane = neuron(x_, tau_, threshold, surrogate, force_last)
         ((spikes * g_spikes).sum() + (membrane * g_membrane).sum()).backward()
         results.append((spikes.detach(), membrane.detach(), x_.grad, tau_.grad,
-                        threshold.grad if learnable_threshold else torch.zeros(())))
+                        threshold.grad if learnable_threshold and threshold.grad is not None else torch.zeros(())))   # None: V_th unused
     (s, h, gx, gt, gv), (s_ref, h_ref, gx_ref, gt_ref, gv_ref) = results
     maxdiff = lambda a, b: (a - b).abs().max().item()
     finite_alike = lambda a, b: torch.equal(torch.isfinite(a), torch.isfinite(b))

@@ -1,7 +1,9 @@
 """Property-based checks of the neuron contract: the parallel AMOS LIF neuron against the BPTT loop.
 
-float64: identical spikes; membrane, input gradient and tau gradient within 1e-10, for T in [1, 512],
-tau in (1, 1000], any trailing shape, both force_last modes, random upstream gradients on both outputs.
+float64: identical spikes; membrane, input gradient, tau gradient and (learnable) threshold gradient within 1e-10,
+for T in [1, 512], tau in (1, 1000], any trailing shape, both force_last modes, random upstream gradients on both
+outputs. Any finite input: with inputs up to 1e30 (float32) and 1e300 (float64), identical spikes and no
+non-finite value where the reference has none, on every backend.
 """
 import pytest
 import torch
@@ -28,12 +30,67 @@ time_steps = st.one_of(st.integers(1, 40), st.integers(41, 512))
        seed=st.integers(0, 2**31 - 1))
 def test_parallel_equals_bptt(backend, T, trailing, tau, force_last, tau_per_last_dim, atan, seed):
     # compare_with_reference (chapter 4): random x, learnable tau (one per last-dim neuron if asked), a threshold near
-    # the median membrane (spikes, second fake spikes and silence all occur), random upstream grads on S and H
+    # the median membrane (spikes, second fake spikes and silence all occur), random upstream grads on S and H;
+    # the threshold is learnable where the backend takes a tensor (the textbook one), else a fixed number
     r = compare_with_reference(T, tau, force_last, trailing=trailing, tau_per_neuron=tau_per_last_dim and bool(trailing),
-                               surrogate=ATan() if atan else Sigmoid(), seed=seed, backend=backend)
+                               surrogate=ATan() if atan else Sigmoid(), seed=seed, backend=backend,
+                               learnable_threshold=backend == 'torch')
     assert r['spikes_equal'], "spikes differ from the sequential reference"
-    for what in ('membrane', 'grad_x', 'grad_tau'):
+    for what in ('membrane', 'grad_x', 'grad_tau', 'grad_threshold'):
         assert r[what] <= TOL * (1 + r['grad_x_scale']), f"{what}: max |diff| = {r[what]:.3e}"
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(T=time_steps, width=st.integers(1, 16), tau=st.floats(1.001, 1000.0), force_last=st.booleans(),   # a tau float32 can hold
+       float32=st.booleans(), exponent=st.floats(0.0, 1.0), atan=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_any_finite_input(backend, T, width, tau, force_last, float32, exponent, atan, seed):
+    # one input per neuron becomes +-M at a random step, M from 1 to 1e30 (float32) or 1e300 (float64): the chunked
+    # scan must not overflow where the loop stays finite, and the spikes must be the loop's
+    huge = 10.0 ** (exponent * (30 if float32 else 300))
+    r = compare_with_reference(T, tau, force_last, trailing=(width,), surrogate=ATan() if atan else Sigmoid(), seed=seed,
+                               backend=backend, dtype=torch.float32 if float32 else torch.float64, huge=huge)
+    assert r['spikes_equal'], f"spikes differ from the sequential reference (M = {huge:.1e})"
+    assert r['finite_alike'], f"a non-finite value where the reference has none (M = {huge:.1e})"
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_negative_kick_fires_when_the_loop_does(backend):
+    "The reproducer: -1e20 at t = 64 in float32, then a constant 3; the loop fires at t = 129."
+    x = torch.full((300, 1), 3.0); x[:64] = 0; x[64, 0] = -1e20
+    spikes, membrane = amos_lif_parallel(x, backend=backend)
+    assert spikes[:, 0].nonzero().flatten().tolist() == [129] == amos_lif_sequential(x)[0][:, 0].nonzero().flatten().tolist()
+    assert torch.isfinite(membrane).all()
+
+def test_threshold_gradient_equals_bptt():
+    "The reproducer: a threshold that requires grad got None from the parallel neuron."
+    g = torch.Generator().manual_seed(6)
+    x = 1 + torch.randn(30, 50, generator=g, dtype=torch.float64)
+    grads = []
+    for neuron in (amos_lif_parallel, amos_lif_sequential):
+        threshold = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+        spikes, _ = neuron(x, 2.0, threshold)
+        (spikes * torch.arange(30.0, dtype=torch.float64)[:, None]).sum().backward()
+        grads.append(threshold.grad)
+    assert grads[0] is not None and abs(grads[1].item()) > 1
+    assert (grads[0] - grads[1]).abs() <= TOL * (1 + grads[1].abs())
+    per_neuron = torch.full((50,), 1.3, dtype=torch.float64, requires_grad=True)
+    amos_lif_parallel(x, 2.0, per_neuron)[0].sum().backward()
+    assert per_neuron.grad.shape == (50,)
+    if load_fused_extension() is not None:
+        with pytest.raises(ValueError, match="threshold"):
+            amos_lif_parallel(x, 2.0, threshold, backend='cpu-fused')
+
+def test_sequential_reference_reaches_long_T():
+    "The loop's backward is linear in T (two-level slicing): T = 30000 in float64 against the parallel neuron."
+    g = torch.Generator().manual_seed(7)
+    x = 0.02 + 0.1 * torch.randn(30000, 3, generator=g, dtype=torch.float64)
+    grads = []
+    for neuron in (amos_lif_parallel, amos_lif_sequential):
+        leaf = x.clone().requires_grad_()
+        spikes, membrane = neuron(leaf, 1000.0, 1.0)
+        (spikes.sum() + membrane.sum()).backward()
+        grads.append((spikes.detach(), leaf.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert (grads[0][1] - grads[1][1]).abs().max() <= 1e-9 * (1 + grads[1][1].abs().max())
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("force_last", [False, True])

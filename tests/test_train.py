@@ -2,6 +2,7 @@
 import json, os, signal, subprocess, sys, time
 import pytest
 import torch
+from pttfs.train import load_checkpoint
 
 SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--channels', '4', '--batch-size', '256']
 
@@ -57,7 +58,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     while not (cut / 'metrics.jsonl').exists() and time.time() < deadline: time.sleep(0.02)
     time.sleep(0.3)                                          # somewhere inside a later epoch, or a write
     process.send_signal(signal.SIGKILL); process.wait()
-    state = torch.load(cut / 'last.pt', weights_only=False)  # the checkpoint is complete ...
+    state = load_checkpoint(str(cut / 'last.pt'))            # the checkpoint is complete (its checksum holds) ...
     rows = [json.loads(l) for l in open(cut / 'metrics.jsonl')]
     assert len(rows) == state['epochs_done']                  # ... and agrees with the metrics
     assert cli(*SMALL, '--out', str(cut), '--resume').returncode == 0
