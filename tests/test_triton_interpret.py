@@ -21,6 +21,9 @@ def test_triton_kernels_exact_under_interpreter():
             assert max(r['membrane'], r['grad_x'], r['grad_tau']) < 1e-10, (T, tau, force_last, r)
         r = compare_with_reference(17, 2.0, False, trailing=(40,), dtype=torch.float32, backend='triton')
         assert r['spikes_equal'] and r['membrane'] < 1e-5
+        for dtype, huge in [(torch.float32, 1e30), (torch.float64, 1e300)]:      # any finite input
+            r = compare_with_reference(140, 2.0, False, trailing=(6,), dtype=dtype, huge=huge, backend='triton')
+            assert r['spikes_equal'] and r['finite_alike'], (dtype, huge)
         print('ok')
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
