@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['NEURONS', 'TRAIN_PROTOCOL', 'spikingjelly_neuron', 'make_neuron', 'reset_state', 'median_ms', 'saved_tensor_bytes',
            'neuron_step', 'isolated_neuron_benchmark', 'peak_memory_bytes', 'add_peak_memory', 'network_benchmark',
-           'describe_machine', 'memory_rates', 'ratios', 'plot_ratios', 'plot_isolated', 'parse_args', 'main', 'run',
-           'target_report']
+           'describe_machine', 'memory_rates', 'ratios', 'plot_ratios', 'plot_isolated', 'check_out_file', 'parse_args',
+           'main', 'run', 'target_report']
 
 # %% ../nbs/07_benchmark.ipynb #ceb54d26
 import argparse
@@ -316,8 +316,8 @@ def _int_list(text: str) -> list:
     return values
 
 
-def _check_out_file(p, out: str) -> str:
-    "The JSON's absolute path, checked before any benchmark runs: not empty, not a folder, in a writable folder."
+def check_out_file(p, out: str) -> str:
+    "An output file's absolute path, checked before any work: not empty, not a folder, in a writable folder (else `p.error`)."
     if not out.strip(): p.error("--out is empty: name the JSON file to write")
     path = os.path.abspath(out)
     if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
@@ -356,7 +356,7 @@ def parse_args(argv=None):
     if args.warmup < 0: p.error("--warmup must be at least 0")
     if args.network_C < 1: p.error("--network-C must be positive")
     if args.max_elements < 1: p.error("--max-elements must be positive")
-    args.out = _check_out_file(p, args.out)
+    args.out = check_out_file(p, args.out)
     if args.device.startswith('cuda') and not torch.cuda.is_available(): p.error(f"--device {args.device}: CUDA is not available here")
     if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args

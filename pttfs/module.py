@@ -148,8 +148,10 @@ class _ContinuedAMOSLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, tau, v_threshold, membrane0, fired0, surrogate):
         T = x.shape[0]
-        j = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        membrane = charge(x, tau) + (1 - 1 / tau) ** j * membrane0            # H[j] = charge[j] + α^(j+1) h0
+        if T == 1: membrane = ((1 - 1 / tau) * membrane0 + x[0] / tau).unsqueeze(0)   # one step: Eq. 4 itself
+        else:
+            j = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            membrane = charge(x, tau) + (1 - 1 / tau) ** j * membrane0        # H[j] = charge[j] + α^(j+1) h0
         crossing = first_spike_index(fake_spikes(membrane, v_threshold))     # the chunk's first fake spike
         first = torch.where(fired0 > 0, torch.full_like(crossing, T), crossing)   # fired before: silent now
         ctx.save_for_backward(membrane, tau, v_threshold, membrane0, fired0)
