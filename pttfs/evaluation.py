@@ -110,6 +110,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
                  full: bool = False,  # compute all T steps instead of stopping at each decision
                  batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
                  test_set=None,  # the test split (default: loaded from data_dir)
+                 keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
                 ) -> dict:
     "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
     from tqdm import tqdm
@@ -134,7 +135,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     if test_set is None:
         try: test_set = load_dataset(settings['dataset'], data_dir, train=False)
         except FileNotFoundError as e: raise RunError(str(e)) from None
-    decisions, corrects, to_decision, all_steps, computed = [], [], {}, {}, 0
+    decisions, corrects, predictions, to_decision, all_steps, computed = [], [], [], {}, {}, 0
     per_step = []
     hooks = _spike_recorder(model, per_step)
     start = time.perf_counter()
@@ -144,7 +145,8 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
             images, labels = images.to(device), labels.to(device)
             per_step.clear()
             logits, decision, steps = model.predict(images, T, early_exit=not full)
-            decisions.append(decision.cpu()); corrects.append((logits.argmax(1) == labels).cpu()); computed += int(steps.sum())
+            decisions.append(decision.cpu()); predictions.append(logits.argmax(1).cpu())
+            corrects.append((logits.argmax(1) == labels).cpu()); computed += int(steps.sum())
             for name, counts in per_step:                      # [steps, samples] of one pass
                 if full:                                        # all T computed: count up to each sample's decision
                     t = torch.arange(counts.shape[0], device=counts.device).view(-1, 1)
@@ -166,6 +168,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     if full:
         result.update(spikes_per_sample_all_steps={k: v / n for k, v in all_steps.items()},
                       spikes_per_sample_all_steps_total=sum(all_steps.values()) / n)
+    if keep_predictions: result.update(predictions=torch.cat(predictions).tolist(), t_first=decision.tolist())
     return result
 
 # %% ../nbs/13_evaluation.ipynb #90b8eaa7
