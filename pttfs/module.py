@@ -199,7 +199,12 @@ def amos_lif_continued(x: Tensor,  # input current of the next steps, [T, *]
             raise ValueError(f"the carried {name} has shape {tuple(state.shape)}, one step of x has {tuple(compute.shape[1:])}")
     membrane0 = zeros if membrane is None else membrane.to(compute.dtype)
     fired0 = zeros if fired is None else fired.to(compute.dtype)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spikes, H = _ContinuedAMOSLIF.apply(compute, tau, threshold, membrane0, fired0, surrogate)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (compute, tau, threshold, membrane0, fired0))
+    if compute.shape[0] == 1 and not needs_grad:                  # one step of inference: Eqs. 4 and 2 as they stand
+        H = ((1 - 1 / tau) * membrane0 + compute[0] / tau).unsqueeze(0)
+        spikes = ((H[0] >= threshold) & (fired0 == 0)).to(compute.dtype).unsqueeze(0)
+    else:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spikes, H = _ContinuedAMOSLIF.apply(compute, tau, threshold, membrane0, fired0, surrogate)
     fired_after = fired0 + spikes.sum(0)                          # F[T-1], differentiable like the loop's mask
     return spikes.to(x.dtype), H.to(x.dtype), fired_after

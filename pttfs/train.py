@@ -432,18 +432,17 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
 
 def plot_run(out: str, history: list, summary: dict):
     "accuracy.png (test accuracy per epoch, stages marked) and t_first.png (the histogram of decision steps)."
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    from matplotlib.figure import Figure         # no pyplot: drawing files must not change a notebook's backend
+    fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     ax.plot([r['epoch'] for r in history], [100 * r['test_accuracy'] for r in history], 'o-')
     for r0, r1 in zip(history, history[1:]):
         if r1['T'] != r0['T']: ax.axvline(r1['epoch'] - 0.5, color='grey', ls=':'); ax.text(r1['epoch'] - 0.4, ax.get_ylim()[0], f"T={r1['T']}", fontsize=8)
     ax.set_xlabel('epoch'); ax.set_ylabel('test accuracy (%)'); ax.set_title(f"{summary['dataset']}, {summary['decoder']}, {summary['schedule']}")
-    fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110); plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
+    fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     ax.bar(range(1, len(summary['t_first_histogram']) + 1), summary['t_first_histogram'])
     ax.set_xlabel('decision step t_1st + 1'); ax.set_ylabel('test samples'); ax.set_title(f"average {summary['avg_timesteps']:.2f} steps at T={summary['T']}")
-    fig.tight_layout(); fig.savefig(os.path.join(out, 't_first.png'), dpi=110); plt.close(fig)
+    fig.tight_layout(); fig.savefig(os.path.join(out, 't_first.png'), dpi=110)
 
 
 def main(argv=None):
