@@ -125,7 +125,7 @@ def test_bad_flags_one_line_and_no_folder(args, words, tmp_path):
 
 def test_bad_out_known_before_any_work(tmp_path):
     (tmp_path / 'file').write_text('')
-    for out in [str(tmp_path / 'file'), str(tmp_path / 'file' / 'run'), '']:
+    for out in [str(tmp_path / 'file'), str(tmp_path / 'file' / 'run'), '', '/proc/pttfs-no-such/run']:   # /proc: unwritable even for root
         start = time.time()
         one_line_error(cli(*SMALL, '--schedule', '1:50', '--out', out), '--out')
         assert time.time() - start < 60                           # refused before fifty epochs could train
