@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['MAX_T', 'MAX_EPOCHS', 'RUN_FILES', 'LOCK_FILE', 'RUN_KEYS', 'parse_schedule', 'epoch_stages', 'autocast_for',
-           'train_epoch', 'evaluate', 'RunError', 'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint',
-           'check_out_path', 'RunFolder', 'OneLineParser', 'parse_args', 'setup_distributed', 'train', 'plot_run',
-           'main']
+           'train_epoch', 'spike_recorder', 'decision_table', 'evaluate', 'RunError', 'atomic_write', 'write_metrics',
+           'save_checkpoint', 'load_checkpoint', 'check_out_path', 'RunFolder', 'OneLineParser', 'parse_args',
+           'setup_distributed', 'train', 'plot_run', 'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -20,11 +20,12 @@ import re
 import sys
 import time
 import torch
-from torch import nn
+from torch import nn, Tensor
 from torch.utils.data import DataLoader
 from .data import DATASETS, load_dataset
 from .decoders import DECODERS
 from .models import build_model
+from .module import AMOSLIF
 
 # %% ../nbs/12_train.ipynb #de4803e1
 MAX_T, MAX_EPOCHS = 1024, 10_000   # far beyond the paper (T <= 8), and a typo such as 1:1000000000 is caught at once
@@ -72,24 +73,55 @@ def train_epoch(model, loader, T: int, optimizer, device, progress=None) -> dict
     return dict(train_loss=total_loss / seen, train_accuracy=correct / seen)
 
 
+def spike_recorder(model, per_step: list) -> list:
+    "Forward hooks on every AMOS layer that append (layer name, spikes summed over all but [steps, samples]); remove them after."
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, AMOSLIF):
+            def hook(module, inputs, output, name=name):
+                spikes = output[0] if isinstance(output, tuple) else output
+                per_step.append((name, spikes.detach().flatten(2).float().sum(2)))   # [steps, samples]
+            hooks.append(module.register_forward_hook(hook))
+    return hooks
+
+
+def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
+    "Table 5's rows: for each step t, the fraction of samples deciding at t and their accuracy (None where none does)."
+    rows = []
+    for t in range(T):
+        at_t = decision == t
+        n = int(at_t.sum())
+        rows.append(dict(t=t, fraction=n / len(decision), accuracy=correct[at_t].sum().item() / n if n else None))
+    return rows
+
+
 @torch.no_grad()
 def evaluate(model, loader, T: int, device) -> dict:
-    "Accuracy, average inference time steps, the t_1st histogram and spikes per sample per layer, at T steps."
+    "Accuracy, average time steps, Table 5's decision table, and spikes per sample per layer over all T and up to t_1st."
     model.eval()
-    model.spike_counts = {}
-    correct, seen, steps, histogram = 0, 0, 0, [0] * T
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        with autocast_for(device):
-            logits, decision = model(images, T)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        steps += (decision + 1).sum().item()
-        for t, count in zip(*torch.unique(decision, return_counts=True)): histogram[int(t)] += int(count)
-    spikes = {name: count / seen for name, count in model.spike_counts.items()}
-    model.spike_counts = None
-    return dict(test_accuracy=correct / seen, avg_timesteps=steps / seen, t_first_histogram=histogram,
-                spikes_per_sample=spikes, spikes_per_sample_total=sum(spikes.values()))
+    decisions, corrects, all_steps, to_decision, per_step = [], [], {}, {}, []
+    hooks = spike_recorder(model, per_step)
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            per_step.clear()
+            with autocast_for(device):
+                logits, decision = model(images, T)
+            decisions.append(decision.cpu()); corrects.append((logits.argmax(1) == labels).cpu())
+            t = torch.arange(T, device=decision.device).view(-1, 1)
+            for name, counts in per_step:             # a chip that stops at t_1st spends only the spikes up to it
+                all_steps[name] = all_steps.get(name, 0.0) + float(counts.sum())
+                to_decision[name] = to_decision.get(name, 0.0) + float((counts * (t <= decision.view(1, -1))).sum())
+    finally:
+        for hook in hooks: hook.remove()
+    decision, correct = torch.cat(decisions), torch.cat(corrects)
+    seen = len(decision)
+    spikes = {name: count / seen for name, count in all_steps.items()}
+    spikes_to_decision = {name: count / seen for name, count in to_decision.items()}
+    return dict(test_accuracy=correct.sum().item() / seen, avg_timesteps=(decision + 1).sum().item() / seen,
+                t_first_histogram=torch.bincount(decision, minlength=T).tolist(), decisions=decision_table(decision, correct, T),
+                spikes_per_sample=spikes, spikes_per_sample_total=sum(spikes.values()),
+                spikes_per_sample_to_decision=spikes_to_decision, spikes_per_sample_to_decision_total=sum(spikes_to_decision.values()))
 
 # %% ../nbs/12_train.ipynb #9dc8c972
 class RunError(Exception):
@@ -403,7 +435,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         scheduler.step()
         if rank == 0:                                 # one process evaluates and writes; the others wait
             final = evaluate(model, test_loader, T, device)
-            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample')})
+            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'decisions', 'spikes_per_sample_to_decision')})
             history.append(row)
             save_checkpoint(args.out, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                            scheduler=scheduler.state_dict(), history=history, settings=settings,
@@ -420,7 +452,10 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     summary = dict(dataset=args.dataset, architecture=args.architecture, decoder=args.decoder, schedule=args.schedule,
                    T=T_now, epochs=last_epoch, finished=last_epoch == len(epochs), test_accuracy=final['test_accuracy'],
                    avg_timesteps=final['avg_timesteps'], t_first_histogram=final['t_first_histogram'],
-                   spikes_per_sample=final['spikes_per_sample'], spikes_per_sample_total=final['spikes_per_sample_total'],
+                   decisions=final['decisions'], spikes_per_sample=final['spikes_per_sample'],
+                   spikes_per_sample_total=final['spikes_per_sample_total'],
+                   spikes_per_sample_to_decision=final['spikes_per_sample_to_decision'],
+                   spikes_per_sample_to_decision_total=final['spikes_per_sample_to_decision_total'],
                    parameters=sum(p.numel() for p in model.parameters()), world_size=world_size, device=str(device),
                    wall_seconds=seconds_before + time.time() - start, seed=args.seed)
     def write_summary(tmp):
