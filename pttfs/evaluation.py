@@ -137,7 +137,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     n = len(decision)
     result = dict(run_dir=os.path.abspath(run_dir), dataset=settings['dataset'], decoder=settings['decoder'], T=T,
                   decoder_threshold=threshold, mode='full' if full else 'early-exit', samples=n,
-                  test_accuracy=float(correct.float().mean()), avg_timesteps=float((decision + 1).float().mean()),
+                  test_accuracy=correct.sum().item() / n, avg_timesteps=(decision + 1).sum().item() / n,
                   decisions=decision_table(decision, correct, T),
                   spikes_per_sample_to_decision={k: v / n for k, v in to_decision.items()},
                   spikes_per_sample_to_decision_total=sum(to_decision.values()) / n,
