@@ -409,7 +409,7 @@ def run(args) -> dict:
 
 # %% ../nbs/07_benchmark.ipynb #5cefaf09
 def target_report(result: dict) -> list:
-    "Each target of the speed issue with the measured ratio (peer time / AMOS time) and whether it is met."
+    "Each speed target with the measured ratio (peer time / AMOS time) and whether it is met."
     lines = []
     for r in sorted(result['isolated_ratios'], key=lambda r: (r['mode'], r['N'], r['T'])):
         if 'sj-lif/amos' not in r or 'sj-psn/amos' not in r: continue

@@ -92,7 +92,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
     from tqdm import tqdm
     from torch.utils.data import DataLoader
-    from pttfs.train import RunError, load_checkpoint, parse_schedule, spike_recorder, decision_table
+    from pttfs.train import RunError, load_checkpoint, parse_schedule, spike_recorder, decision_table, add_spike_counts
     from pttfs.data import load_dataset
     path = os.path.join(run_dir, 'last.pt')
     if not os.path.isdir(run_dir): raise RunError(f"{run_dir}: no such run folder")
@@ -124,12 +124,9 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
             logits, decision, steps = model.predict(images, T, early_exit=not full)
             decisions.append(decision.cpu()); predictions.append(logits.argmax(1).cpu())
             corrects.append((logits.argmax(1) == labels).cpu()); computed += int(steps.sum())
-            for name, counts in per_step:                      # [steps, samples] of one pass
-                if full:                                        # all T computed: count up to each sample's decision
-                    t = torch.arange(counts.shape[0], device=counts.device).view(-1, 1)
-                    to_decision[name] = to_decision.get(name, 0.0) + float((counts * (t <= decision.view(1, -1))).sum())
-                    all_steps[name] = all_steps.get(name, 0.0) + float(counts.sum())
-                else: to_decision[name] = to_decision.get(name, 0.0) + float(counts.sum())   # computed = up to the decision
+            if full: add_spike_counts(per_step, decision, all_steps, to_decision)
+            else:                                               # one step a pass: what was computed is up to t_1st
+                for name, counts in per_step: to_decision[name] = to_decision.get(name, 0.0) + float(counts.sum())
     finally:
         for hook in hooks: hook.remove()
     seconds = time.perf_counter() - start

@@ -11,8 +11,7 @@ import torch
 from torch import nn, Tensor
 from .surrogate import Sigmoid
 from .dynamics import amos_lif_sequential, check_neuron_args
-from .parallel import amos_lif_parallel, PARALLEL_BACKENDS, spike_gradient, reverse_leaky_scan, _gather_time
-from .surrogate import surrogate_derivative
+from .parallel import amos_lif_parallel, PARALLEL_BACKENDS, spatial_gradient, reverse_leaky_scan, _gather_time
 from .dynamics import tau_tensor
 from .charging import charge
 from .first_spike import fake_spikes, first_spike_index, spikes_from_index
@@ -161,15 +160,9 @@ class _ContinuedAMOSLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_membrane):
         membrane, tau, v_threshold, membrane0, fired0 = ctx.saved_tensors
-        T = membrane.shape[0]
-        fake = fake_spikes(membrane, v_threshold)
-        crossing = first_spike_index(fake)
-        fired = fired0 > 0
-        first = torch.where(fired, torch.full_like(crossing, T), crossing)
-        t = torch.arange(T, device=membrane.device).view(-1, *([1] * crossing.dim()))
-        d_spikes = spike_gradient(grad_spikes, fake, first)                   # Eq. 15 inside the chunk
-        theta_prime = surrogate_derivative(ctx.surrogate, membrane - v_threshold)
-        spatial = torch.where((t <= first) & ~fired, d_spikes * theta_prime, torch.zeros_like(d_spikes))   # Eq. 17
+        crossing = first_spike_index(fake_spikes(membrane, v_threshold))      # the chunk's first fake spike
+        spatial = spatial_gradient(grad_spikes, membrane, v_threshold, ctx.surrogate, False)   # Eqs. 15, 17 (chapter 4)
+        spatial = torch.where(fired0 > 0, torch.zeros_like(spatial), spatial)  # fired before: no spike route to H
         decay = 1 - 1 / tau
         delta = reverse_leaky_scan(spatial + grad_membrane, decay)           # Eqs. 18–19
         previous = torch.cat([membrane0.expand_as(membrane[0]).unsqueeze(0), membrane[:-1]])   # H[-1] = h0

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['MAX_T', 'MAX_EPOCHS', 'RUN_FILES', 'LOCK_FILE', 'RUN_KEYS', 'parse_schedule', 'epoch_stages', 'autocast_for',
-           'train_epoch', 'spike_recorder', 'decision_table', 'evaluate', 'RunError', 'atomic_write', 'write_metrics',
-           'save_checkpoint', 'load_checkpoint', 'check_out_path', 'RunFolder', 'OneLineParser', 'parse_args',
-           'setup_distributed', 'train', 'plot_run', 'main']
+           'train_epoch', 'spike_recorder', 'decision_table', 'add_spike_counts', 'evaluate', 'RunError',
+           'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint', 'check_out_path', 'RunFolder',
+           'OneLineParser', 'parse_args', 'setup_distributed', 'train', 'plot_run', 'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -95,6 +95,14 @@ def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
     return rows
 
 
+def add_spike_counts(per_step: list, decision: Tensor, all_steps: dict, to_decision: dict):
+    "Add one full pass's recorded spikes to per-layer totals: over all its steps, and up to each sample's decision."
+    for name, counts in per_step:                     # [T, samples]; a chip that stops at t_1st spends only these
+        t = torch.arange(counts.shape[0], device=counts.device).view(-1, 1)
+        all_steps[name] = all_steps.get(name, 0.0) + float(counts.sum())
+        to_decision[name] = to_decision.get(name, 0.0) + float((counts * (t <= decision.view(1, -1))).sum())
+
+
 @torch.no_grad()
 def evaluate(model, loader, T: int, device) -> dict:
     "Accuracy, average time steps, Table 5's decision table, and spikes per sample per layer over all T and up to t_1st."
@@ -108,10 +116,7 @@ def evaluate(model, loader, T: int, device) -> dict:
             with autocast_for(device):
                 logits, decision = model(images, T)
             decisions.append(decision.cpu()); corrects.append((logits.argmax(1) == labels).cpu())
-            t = torch.arange(T, device=decision.device).view(-1, 1)
-            for name, counts in per_step:             # a chip that stops at t_1st spends only the spikes up to it
-                all_steps[name] = all_steps.get(name, 0.0) + float(counts.sum())
-                to_decision[name] = to_decision.get(name, 0.0) + float((counts * (t <= decision.view(1, -1))).sum())
+            add_spike_counts(per_step, decision, all_steps, to_decision)
     finally:
         for hook in hooks: hook.remove()
     decision, correct = torch.cat(decisions), torch.cat(corrects)
