@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 from .module import AMOSLIF
-from .models import SequenceWise, build_model
+from .models import SequenceWise, build_model, spike_recorder
 from .decoders import OutputLayer, TemporalSelectorDecoder
 
 # %% ../nbs/13_evaluation.ipynb #c3f3e2c1
@@ -92,7 +92,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
     from tqdm import tqdm
     from torch.utils.data import DataLoader
-    from pttfs.train import RunError, load_checkpoint, parse_schedule, spike_recorder, decision_table, add_spike_counts
+    from pttfs.train import RunError, load_checkpoint, parse_schedule, decision_table, add_spike_counts
     from pttfs.data import load_dataset
     path = os.path.join(run_dir, 'last.pt')
     if not os.path.isdir(run_dir): raise RunError(f"{run_dir}: no such run folder")

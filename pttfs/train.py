@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['MAX_T', 'MAX_EPOCHS', 'RUN_FILES', 'LOCK_FILE', 'RUN_KEYS', 'parse_schedule', 'epoch_stages', 'autocast_for',
-           'train_epoch', 'spike_recorder', 'decision_table', 'add_spike_counts', 'evaluate', 'RunError',
-           'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint', 'check_out_path', 'RunFolder',
-           'OneLineParser', 'parse_args', 'setup_distributed', 'train', 'plot_run', 'main']
+           'train_epoch', 'decision_table', 'add_spike_counts', 'evaluate', 'RunError', 'atomic_write', 'write_metrics',
+           'save_checkpoint', 'load_checkpoint', 'check_out_path', 'RunFolder', 'OneLineParser', 'parse_args',
+           'setup_distributed', 'train', 'plot_run', 'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -24,8 +24,7 @@ from torch import nn, Tensor
 from torch.utils.data import DataLoader
 from .data import DATASETS, load_dataset
 from .decoders import DECODERS
-from .models import build_model
-from .module import AMOSLIF
+from .models import build_model, spike_recorder
 
 # %% ../nbs/12_train.ipynb #de4803e1
 MAX_T, MAX_EPOCHS = 1024, 10_000   # far beyond the paper (T <= 8), and a typo such as 1:1000000000 is caught at once
@@ -71,18 +70,6 @@ def train_epoch(model, loader, T: int, optimizer, device, progress=None) -> dict
         if progress: progress.update(1)
     total_loss, correct, seen = _all_sum([total_loss, correct, seen], device)    # over all processes under DDP
     return dict(train_loss=total_loss / seen, train_accuracy=correct / seen)
-
-
-def spike_recorder(model, per_step: list) -> list:
-    "Forward hooks on every AMOS layer that append (layer name, spikes summed over all but [steps, samples]); remove them after."
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, AMOSLIF):
-            def hook(module, inputs, output, name=name):
-                spikes = output[0] if isinstance(output, tuple) else output
-                per_step.append((name, spikes.detach().flatten(2).float().sum(2)))   # [steps, samples]
-            hooks.append(module.register_forward_hook(hook))
-    return hooks
 
 
 def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
