@@ -20,6 +20,7 @@ py_versions = '3.9 3.10 3.11 3.12 3.13'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 bench_requirements = shlex.split(cfg.get('bench_requirements', ''))
+baselines_requirements = shlex.split(cfg.get('baselines_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 
@@ -35,7 +36,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['pttfs', 'pttfs.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'bench': bench_requirements},
+    extras_require={'dev': dev_requirements, 'bench': bench_requirements, 'baselines': baselines_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

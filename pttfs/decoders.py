@@ -35,10 +35,12 @@ class OutputLayer(nn.Module):
     def __init__(self, in_features: int, classes: int,
                  tau: float = 2.0,  # initial τ of the output neurons (learnable, one per neuron)
                  v_threshold: float = 1.0,  # their threshold: the TSD's confidence parameter
-                 surrogate=Sigmoid(), backend: str = 'auto'):
+                 surrogate=Sigmoid(), backend: str = 'auto',
+                 force_last: bool = False,  # Eq. 7 in the output layer: a neuron silent until T-1 fires there
+                ):
         super().__init__()
         self.synapse = nn.Linear(in_features, classes)
-        self.neuron = AMOSLIF(tau, v_threshold, surrogate, learnable_tau=True, num_channels=classes, channel_dim=2,
+        self.neuron = AMOSLIF(tau, v_threshold, surrogate, force_last, learnable_tau=True, num_channels=classes, channel_dim=2,
                               return_membrane=True, backend=backend)
 
     def outputs(self, x: Tensor) -> tuple:
