@@ -82,3 +82,9 @@ def test_output_force_last_makes_spike_time_logits_constant_at_T1(decoder):
     assert not (logits == logits[:, :1]).all()
     logits, _ = forced(hidden)                                                  # at T > 1 the forced spikes come last
     assert not (logits == logits[:, :1]).all()
+
+def test_train_subset_is_bounded(tmp_path):
+    one_line_error(cli(*TINY, '--train-subset', '5000', '--schedule', '1:1', '--out', str(tmp_path / 'big')), '--train-subset', '1437')
+    assert not (tmp_path / 'big').exists()
+    summary = train(parse_args([*TINY, '--train-subset', '300', '--schedule', '1:1', '--out', str(tmp_path / 'small')]))
+    assert summary['settings']['train_subset'] == 300 and summary['finished']

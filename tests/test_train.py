@@ -27,7 +27,11 @@ def test_bad_flags_exit_2_with_one_line(args, flag, tmp_path):
 def test_missing_data_names_path_and_flag(tmp_path):
     result = cli('--dataset', 'fashion-mnist', '--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'run'))
     assert result.returncode == 2
-    assert '--download' in result.stderr and str(tmp_path / 'nowhere') in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr                                         # one line: the path and both routes
+    for words in ('--download', 'dataset-fashion-mnist', str(tmp_path / 'nowhere' / 'FashionMNIST' / 'raw')):
+        assert words in lines[0], lines[0]
+    assert not (tmp_path / 'run').exists()
 
 def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp_path):
     run = tmp_path / 'run'; run.mkdir()
