@@ -197,7 +197,7 @@ def build_model(dataset: str = 'digits',  # a name in DATASETS
                                                      force_last=output_force_last))
 
 
-def spike_recorder(model: nn.Module,  # any network with AMOSLIF layers
+def spike_recorder(model: nn.Module,  # any network with neuron layers (NEURON_LAYERS)
                    per_step: list,  # receives (layer name, spikes summed over all but [steps, samples]) per layer call
                   ) -> list:  # the hooks: remove them when done
     "Forward hooks on every neuron layer that record its spikes per step and sample (Table 3's input)."
