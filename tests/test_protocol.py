@@ -18,6 +18,13 @@ def one_line_error(result, *words):
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     for word in words: assert word in lines[0], lines[0]
 
+def parse_error(capsys, argv, *words):
+    "The same check in-process (no interpreter start): exit 2, one line on stderr, naming `words`."
+    with pytest.raises(SystemExit) as exit_info: parse_args(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    for word in words: assert word in lines[0], lines[0]
+
 @pytest.mark.parametrize("neuron", ['lif', 'psn'])
 def test_baseline_trains_and_counts_its_spikes(neuron, tmp_path):
     summary = train(parse_args([*TINY, '--neuron', neuron, '--schedule', '4:1', '--out', str(tmp_path / neuron)]))
@@ -26,9 +33,9 @@ def test_baseline_trains_and_counts_its_spikes(neuron, tmp_path):
     assert summary['avg_timesteps'] == 4.0                                        # rate decoding reads all T
     assert summary['decisions'][-1]['fraction'] == 1.0
 
-def test_unknown_recipe_or_neuron_lists_the_choices(tmp_path):
-    one_line_error(cli(*TINY, '--recipe', 'fast', '--out', str(tmp_path / 'a')), '--recipe', "'default'", "'psn'")
-    one_line_error(cli(*TINY, '--neuron', 'izhikevich', '--out', str(tmp_path / 'b')), '--neuron', "'amos'", "'lif'", "'psn'")
+def test_unknown_recipe_or_neuron_lists_the_choices(tmp_path, capsys):
+    parse_error(capsys, [*TINY, '--recipe', 'fast', '--out', str(tmp_path / 'a')], '--recipe', "'default'", "'psn'")
+    parse_error(capsys, [*TINY, '--neuron', 'izhikevich', '--out', str(tmp_path / 'b')], '--neuron', "'amos'", "'lif'", "'psn'")
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 def test_baseline_without_spikingjelly_names_the_extra(tmp_path):
@@ -38,12 +45,12 @@ def test_baseline_without_spikingjelly_names_the_extra(tmp_path):
                             capture_output=True, text=True, timeout=120)
     one_line_error(result, '--neuron lif', 'pttfs[baselines]')
 
-def test_refused_baseline_leaves_a_run_folder_untouched(tmp_path):
+def test_refused_baseline_leaves_a_run_folder_untouched(tmp_path, capsys):
     run = tmp_path / 'run'
     assert cli(*TINY, '--schedule', '1:1', '--out', str(run)).returncode == 0
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
     one_line_error(cli(*TINY, '--neuron', 'psn', '--schedule', '1:1,2:1', '--out', str(run)), 'T×T')
-    one_line_error(cli(*TINY, '--neuron', 'lif', '--decoder', 'tsd', '--out', str(run)), '--decoder rate')
+    parse_error(capsys, [*TINY, '--neuron', 'lif', '--decoder', 'tsd', '--out', str(run)], '--decoder rate')
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == before
 
 def test_recipe_fills_only_what_the_command_leaves_out():
