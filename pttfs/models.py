@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['NEURONS', 'SURROGATES', 'NEURON_LAYERS', 'Prediction', 'SequenceWise', 'scnn_body', 'cifar_body', 'cifar_net',
-           'SpikingJellyNeuron', 'RateReadout', 'SpikingClassifier', 'build_model', 'spike_recorder']
+           'SpikingJellyNeuron', 'RateReadout', 'SpikingClassifier', 'build_model', 'spike_recorder', 'record_spikes']
 
 # %% ../nbs/11_models.ipynb #c995c323
 import torch
@@ -209,3 +209,23 @@ def spike_recorder(model: nn.Module,  # any network with neuron layers (NEURON_L
                 per_step.append((name, spikes.detach().flatten(2).float().sum(2)))   # [steps, samples]
             hooks.append(module.register_forward_hook(hook))
     return hooks
+
+# %% ../nbs/11_models.ipynb #5c4b65d2
+def record_spikes(model: nn.Module,  # a `SpikingClassifier` (or any network with NEURON_LAYERS)
+                  images: Tensor,  # a few input samples [B, ...]
+                  T: int,  # time steps
+                 ) -> dict:  # layer name -> spikes [T, B, neurons]
+    "Every neuron layer's spikes for `images` over T steps, for rasters and per-neuron counts (no early exit)."
+    recorded = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, NEURON_LAYERS):
+            def hook(module, inputs, output, name=name):
+                spikes = output[0] if isinstance(output, tuple) else output
+                recorded[name] = spikes.detach().flatten(2).float()
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad(): model(images, T=T)
+    finally:
+        for hook in hooks: hook.remove()
+    return recorded

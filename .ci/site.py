@@ -1,0 +1,221 @@
+"""Build the book as a static website from the committed, executed notebooks (no cell is run), and check it in a browser.
+
+    python .ci/site.py build [--out _site]     # nbconvert's lab template, one page per notebook, MathJax served locally
+    python .ci/site.py check [--out _site]     # open every page in headless Chromium; fail on what a reader would see broken
+
+`bash .ci/site` runs both. Why nbconvert: it is already a dev dependency, it renders exactly what the notebooks store
+(code, outputs, `show_doc` blocks, figures) without executing anything, and one small template adds the book's
+navigation. Sphinx + myst-nb or mkdocs-jupyter would add a toolchain for the same pages.
+"""
+import argparse, html.parser, json, os, re, shutil, subprocess, sys, urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+TEMPLATE = Path(__file__).resolve().parent / 'site_template'
+BOOK_NAME = 'pttfs: parallel training of TTFS SNNs'
+# MathJax 2 is served from the site: Debian's libjs-mathjax, or the copy in the jupyter-server-mathjax wheel.
+MATHJAX_CANDIDATES = [os.environ.get('MATHJAX_DIR', ''), '/usr/share/javascript/mathjax', '/usr/share/mathjax']
+MATHJAX_URL = 'mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe'
+BROWSERS = ['chromium-headless-shell', 'chromium', 'chromium-browser', 'google-chrome']
+
+BOOK_CSS = """
+body.book { display: flex; margin: 0; }
+.book-toc { position: sticky; top: 0; height: 100vh; overflow-y: auto; flex: 0 0 17rem; padding: 1rem;
+            box-sizing: border-box; border-right: 1px solid #ddd; background: #fafafa; font: 14px/1.4 sans-serif; }
+.book-toc ul { list-style: none; padding-left: 0; } .book-toc li { margin: .35rem 0; padding-left: 1.6rem; text-indent: -1.6rem; }
+.book-toc .number { display: inline-block; width: 1.6rem; text-indent: 0; color: #777; }
+.book-toc a { text-decoration: none; color: #1a4f8b; }
+.book-toc li.current > a { font-weight: bold; color: #000; }
+.book-name { font-weight: bold; font-size: 15px; }
+.book-page { flex: 1 1 auto; min-width: 0; max-width: 70rem; padding: 0 1.5rem; }
+.book-pager { display: flex; justify-content: space-between; padding: .8rem 0; font: 14px sans-serif; }
+@media (max-width: 60rem) { body.book { display: block; } .book-toc { position: static; height: auto; border: 0; } }
+"""
+
+# Marks, once the page has loaded and MathJax has finished, whether each image loaded: the check reads these from the DOM.
+BOOK_JS = """
+window.addEventListener('load', function () {
+  document.querySelectorAll('img').forEach(function (img) {
+    img.setAttribute('data-loaded', img.complete && img.naturalWidth > 0 ? 'yes' : 'no');
+  });
+  var done = function () { document.body.setAttribute('data-mathjax', 'done'); };
+  if (window.MathJax && window.MathJax.Hub) window.MathJax.Hub.Queue(done);
+  else document.body.setAttribute('data-mathjax', 'missing');
+});
+"""
+
+
+def chapters():
+    "The front page, then the chapters in file-name order: (notebook, page file name)."
+    notebooks = [NBS / 'index.ipynb'] + sorted(p for p in NBS.glob('[0-9]*.ipynb'))
+    return [(nb, nb.with_suffix('.html').name) for nb in notebooks]
+
+
+def directives(source: str) -> list:
+    "nbdev's `#|` lines at the top of a code cell."
+    out = []
+    for line in source.splitlines():
+        if not line.startswith('#|'): break
+        out.append(line[2:].strip())
+    return out
+
+
+def page_notebook(path: Path):
+    "The notebook as a reader sees it: nbdev's `#| hide` cells dropped, `#|` and `NBVAL` marks removed, links to .html."
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == 'code':
+            flags = directives(cell.source)
+            if 'hide' in flags or any(f.startswith('default_exp') for f in flags): continue
+            lines = [l for l in cell.source.splitlines() if not l.startswith('#|') and not l.startswith('# NBVAL_')]
+            cell.source = '\n'.join(lines).strip('\n')
+            if not cell.source and not cell.outputs: continue
+        elif cell.cell_type == 'markdown':
+            cell.source = re.sub(r'\]\((?:nbs/)?([\w-]+)\.ipynb(#[^)]*)?\)', r'](\1.html\2)', cell.source)
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+
+def title_of(nb) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == 'markdown':
+            m = re.search(r'^#\s+(.+)$', cell.source, re.M)
+            if m: return m.group(1).replace('`', '').strip()
+    return ''
+
+
+def find_mathjax() -> Path:
+    for candidate in MATHJAX_CANDIDATES:
+        if candidate and (Path(candidate) / 'MathJax.js').exists(): return Path(candidate)
+    try:
+        import jupyter_server_mathjax
+        static = Path(jupyter_server_mathjax.__file__).parent / 'static'
+        if (static / 'MathJax.js').exists(): return static
+    except ImportError: pass
+    sys.exit("MathJax 2 not found: `apt-get install libjs-mathjax` (Debian), `pip install jupyter-server-mathjax`, "
+             "or set MATHJAX_DIR to a folder holding MathJax.js")
+
+
+def build(out: Path):
+    from nbconvert import HTMLExporter
+    if out.exists(): shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copytree(find_mathjax(), out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'))
+    (out / 'book.css').write_text(BOOK_CSS)
+    (out / 'book.js').write_text(BOOK_JS)
+    notebooks = [(page_notebook(nb), file) for nb, file in chapters()]
+    pages = [dict(file=file, title=title_of(nb) or file, number=file.split('_')[0] if file[0].isdigit() else '')
+             for nb, file in notebooks]
+    exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE.parent)], template_name=TEMPLATE.name,
+                            mathjax_url=MATHJAX_URL)
+    for i, (nb, file) in enumerate(notebooks):
+        nb.metadata['title'] = pages[i]['title']
+        book = dict(name=BOOK_NAME, pages=pages, current=pages[i],
+                    previous=pages[i - 1] if i > 0 else None, next=pages[i + 1] if i + 1 < len(pages) else None)
+        body, _ = exporter.from_notebook_node(nb, resources=dict(book=book))
+        body = body.replace('</head>', '<script src="book.js"></script>\n</head>', 1)
+        (out / file).write_text(body, encoding='utf-8')
+    print(f"built {len(pages)} pages in {out}")
+
+
+class DOM(html.parser.HTMLParser):
+    "What the check needs from a rendered page: title, ids, links, images, resources, and text outside math and code."
+    SKIP_TEXT = {'script', 'style', 'pre', 'code', 'textarea', 'math', 'svg'}
+    VOID = {'area', 'base', 'br', 'col', 'embed', 'hr', 'img', 'input', 'link', 'meta', 'source', 'track', 'wbr'}
+
+    def __init__(self):
+        super().__init__()
+        self.title, self.ids, self.links, self.images, self.resources, self.text = '', set(), [], [], [], []
+        self.stack, self.body = [], {}
+        self.in_title = False
+
+    def _skipping(self):
+        return any(tag in self.SKIP_TEXT or 'MathJax' in cls or 'MJX' in cls for tag, cls in self.stack)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ('id', 'name'):
+            if a.get(key): self.ids.add(a[key])
+        if tag == 'a' and a.get('href'): self.links.append(a['href'])
+        if tag == 'img': self.images.append(a)
+        if tag in ('script', 'img', 'iframe') and a.get('src'): self.resources.append(a['src'])
+        if tag == 'link' and a.get('href'): self.resources.append(a['href'])
+        if tag == 'body': self.body = a
+        if tag == 'title': self.in_title = True
+        if tag not in self.VOID: self.stack.append((tag, a.get('class') or ''))
+
+    def handle_endtag(self, tag):
+        if tag == 'title': self.in_title = False
+        for i in range(len(self.stack) - 1, -1, -1):          # tolerate unclosed tags
+            if self.stack[i][0] == tag: del self.stack[i:]; break
+
+    def handle_data(self, data):
+        if self.in_title: self.title += data
+        elif not self._skipping(): self.text.append(data)
+
+
+RAW_TEX = re.compile(r'\$\$|\\\(|\\\)|\\\[|\\frac|\\begin\{|\\mathrm|\\sum|\\alpha|\$\\')
+
+
+def find_browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path: return path
+    sys.exit("no headless Chromium: `apt-get install chromium-headless-shell` (Debian) or chromium")
+
+
+def rendered_dom(browser: str, page: Path) -> str:
+    "The page's DOM after its scripts ran (MathJax included), as Chromium serialises it."
+    cmd = [browser, '--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--allow-file-access-from-files',
+           '--virtual-time-budget=30000', '--run-all-compositor-stages-before-draw', '--dump-dom', page.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0 or '<body' not in done.stdout:
+        raise RuntimeError(f"{browser} failed on {page.name} (exit {done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def check(out: Path) -> int:
+    browser = find_browser()
+    expected = [file for _, file in chapters()]
+    problems, doms = [], {}
+    for file in expected:
+        if not (out / file).exists(): problems.append(f"{file}: page missing"); continue
+        dom = DOM(); dom.feed(rendered_dom(browser, out / file)); doms[file] = dom
+    for file, dom in doms.items():
+        say = lambda what: problems.append(f"{file}: {what}")
+        if not dom.title.strip(): say("no <title>")
+        if dom.body.get('data-mathjax') != 'done': say(f"MathJax did not finish (data-mathjax={dom.body.get('data-mathjax')!r})")
+        text = ' '.join(dom.text)
+        for m in list(RAW_TEX.finditer(text))[:5]:
+            say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
+        for img in dom.images:
+            if img.get('data-loaded') != 'yes': say(f"image did not load: {img.get('src', '')[:80]!r}")
+        for src in dom.resources:
+            if re.match(r'(https?:)?//', src): say(f"needs the internet: {src}")
+        for href in dom.links:
+            parsed = urllib.parse.urlparse(href)
+            if parsed.scheme in ('http', 'https', 'mailto'): continue
+            target = urllib.parse.unquote(parsed.path) or file
+            if target not in doms and not (out / target).exists(): say(f"link to a missing page: {href}"); continue
+            fragment = parsed.fragment                      # nbconvert's heading ids keep the percent-encoding
+            if fragment and target in doms and not {fragment, urllib.parse.unquote(fragment)} & doms[target].ids:
+                say(f"link to a missing anchor: {href}")
+    for p in problems: print('FAIL', p)
+    maths = sum(1 for d in doms.values() if d.body.get('data-mathjax') == 'done')
+    print(f"checked {len(doms)} of {len(expected)} pages in {Path(browser).name}: {maths} typeset by MathJax, "
+          f"{sum(len(d.images) for d in doms.values())} images, {sum(len(d.links) for d in doms.values())} links; "
+          f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('command', choices=['build', 'check'])
+    parser.add_argument('--out', type=Path, default=ROOT / '_site')
+    args = parser.parse_args()
+    if args.command == 'build': build(args.out)
+    else: sys.exit(check(args.out))
