@@ -7,6 +7,7 @@ checkpoint refused, and flags that used to give tracebacks.
 import hashlib, json, os, signal, subprocess, sys, time
 import pytest
 import torch
+from inprocess import run_main
 
 SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--channels', '4', '--batch-size', '256']
 
@@ -14,6 +15,10 @@ def cli(*args, module='pttfs.train', cwd=None, timeout=300):
     "Run a command's main() in a fresh process, as its console script does."
     code = f"import sys; from {module} import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+def refusal(*args, module='pttfs.train', cwd=None):
+    "A command expected to refuse before any work, run in this process (tests/inprocess.py)."
+    return run_main(module, 'main', *args, cwd=cwd)
 
 def one_line_error(result, *words):
     lines = result.stderr.strip().splitlines()
@@ -37,12 +42,12 @@ def test_overwrite_refused_when_last_pt_is_missing(finished_run, tmp_path):
     run = copy_of(finished_run, tmp_path / 'p')
     (run / 'last.pt').unlink()
     before = digests(run)
-    one_line_error(cli(*SMALL, '--schedule', '1:1', '--out', str(run)), 'already holds a run', '--resume')
+    one_line_error(refusal(*SMALL, '--schedule', '1:1', '--out', str(run)), 'already holds a run', '--resume')
     assert digests(run) == before
 
 def test_out_dot_refused_when_the_working_directory_holds_run_files(tmp_path):
     (tmp_path / 'summary.json').write_text('{"mine": true}\n')
-    one_line_error(cli(*SMALL, '--out', '.', cwd=tmp_path), 'already holds a run', 'summary.json')
+    one_line_error(refusal(*SMALL, '--out', '.', cwd=tmp_path), 'already holds a run', 'summary.json')
     assert sorted(os.listdir(tmp_path)) == ['summary.json'] and (tmp_path / 'summary.json').read_text() == '{"mine": true}\n'
 
 def test_second_writer_refused_while_the_first_runs(tmp_path):
@@ -97,14 +102,14 @@ def test_damaged_checkpoint_refused(finished_run, tmp_path):
     data[len(data) // 3] ^= 0x10
     (run / 'last.pt').write_bytes(bytes(data))
     before = digests(run)
-    one_line_error(cli(*SMALL, '--out', str(run), '--resume'), 'damaged')
+    one_line_error(refusal(*SMALL, '--out', str(run), '--resume'), 'damaged')
     assert digests(run) == before
 
 def test_checkpoint_of_another_kind_refused(tmp_path):
     from pttfs.train import save_checkpoint
     run = tmp_path / 'foreign'; run.mkdir()
     save_checkpoint(str(run), dict(model={}, optimizer={}, scheduler={}, history=[], settings='not a dict', epochs_done=1))
-    one_line_error(cli(*SMALL, '--out', str(run), '--resume'), 'not a pttfs-train checkpoint')
+    one_line_error(refusal(*SMALL, '--out', str(run), '--resume'), 'not a pttfs-train checkpoint')
 
 def test_stale_temporary_files_removed(finished_run, tmp_path):
     run = copy_of(finished_run, tmp_path / 'stale')
@@ -120,14 +125,14 @@ def test_stale_temporary_files_removed(finished_run, tmp_path):
     (['--schedule', '1:' + '1' + '0' * 23], ['--schedule']),
 ])
 def test_bad_flags_one_line_and_no_folder(args, words, tmp_path):
-    one_line_error(cli(*SMALL, *args, '--out', str(tmp_path / 'run')), *words)
+    one_line_error(refusal(*SMALL, *args, '--out', str(tmp_path / 'run')), *words)
     assert not (tmp_path / 'run').exists()
 
 def test_bad_out_known_before_any_work(tmp_path):
     (tmp_path / 'file').write_text('')
     for out in [str(tmp_path / 'file'), str(tmp_path / 'file' / 'run'), '', '/proc/pttfs-no-such/run']:   # /proc: unwritable even for root
         start = time.time()
-        one_line_error(cli(*SMALL, '--schedule', '1:50', '--out', out), '--out')
+        one_line_error(refusal(*SMALL, '--schedule', '1:50', '--out', out), '--out')
         assert time.time() - start < 60                           # refused before fifty epochs could train
     assert sorted(os.listdir(tmp_path)) == ['file']
 
@@ -149,7 +154,7 @@ def test_missing_data_and_failed_download_leave_no_folder(tmp_path):
 ])
 def test_bench_checks_before_benchmarking(args, words, tmp_path):
     start = time.time()
-    one_line_error(cli(*args, module='pttfs.bench', cwd=tmp_path, timeout=120), *words)
+    one_line_error(refusal(*args, module='pttfs.bench', cwd=tmp_path), *words)
     assert time.time() - start < 60 and os.listdir(tmp_path) == []
 
 def test_learnable_tau_at_the_edge_trains():

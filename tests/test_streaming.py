@@ -109,8 +109,9 @@ def test_early_exit_refused_where_it_cannot_be_exact():
     assert small_classifier(0, 'rate').predict(images, 4, early_exit=False).logits.shape == (4, 10)
 
 def cli(*args):
-    code = "import sys; from pttfs.evaluation import eval_main; eval_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=300)
+    "pttfs-eval, run in this process: it only reads the run folder and writes its JSON (tests/inprocess.py)."
+    from inprocess import run_main
+    return run_main('pttfs.evaluation', 'eval_main', *args)
 
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
