@@ -47,9 +47,9 @@ window.addEventListener('load', function () {
 
 
 def chapters():
-    "The front page, then the chapters in file-name order: (notebook, page file name)."
-    notebooks = [NBS / 'index.ipynb'] + sorted(p for p in NBS.glob('[0-9]*.ipynb'))
-    return [(nb, nb.with_suffix('.html').name) for nb in notebooks]
+    "The front page, the chapters in file-name order, then CONTRIBUTING.md: (source, page file name)."
+    sources = [NBS / 'index.ipynb'] + sorted(p for p in NBS.glob('[0-9]*.ipynb')) + [ROOT / 'CONTRIBUTING.md']
+    return [(source, source.with_suffix('.html').name) for source in sources]
 
 
 def directives(source: str) -> list:
@@ -64,7 +64,9 @@ def directives(source: str) -> list:
 def page_notebook(path: Path):
     "The notebook as a reader sees it: nbdev's `#| hide` cells dropped, `#|` and `NBVAL` marks removed, links to .html."
     import nbformat
-    nb = nbformat.read(path, as_version=4)
+    if path.suffix == '.md':                                   # a markdown file becomes a one-cell notebook
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(path.read_text())])
+    else: nb = nbformat.read(path, as_version=4)
     cells = []
     for cell in nb.cells:
         if cell.cell_type == 'code':
@@ -74,7 +76,7 @@ def page_notebook(path: Path):
             cell.source = '\n'.join(lines).strip('\n')
             if not cell.source and not cell.outputs: continue
         elif cell.cell_type == 'markdown':
-            cell.source = re.sub(r'\]\((?:nbs/)?([\w-]+)\.ipynb(#[^)]*)?\)', r'](\1.html\2)', cell.source)
+            cell.source = re.sub(r'\]\((?:nbs/)?([\w-]+)\.(?:ipynb|md)(#[^)]*)?\)', r'](\1.html\2)', cell.source)
         cells.append(cell)
     nb.cells = cells
     return nb
