@@ -1,0 +1,341 @@
+// The fused CPU kernels of the AMOS LIF neuron (chapter 6 of the pttfs book, nbs/06_fused.ipynb).
+//
+// The same closed forms as the textbook backend (chapters 2-4), computed with one lane per neuron and a sequential
+// loop over time: the forward (Eq. 4, then Eqs. 2 and 7-9: the first crossing is the spike) records t_f and the
+// second fake spike t_sf on the way; the backward (Eq. 15's spike gradient from the two gathered values, Eq. 17's
+// masked spatial term, and Eq. 18's recursion backwards in time) gives dL/dX and dL/dtau in one pass.
+// Compiled on first use by torch.utils.cpp_extension.load (pttfs/fused.py: load_fused_extension).
+//
+// Adding a surrogate: a new `kind` in theta_prime below, and its number in _SURROGATE_KIND (pttfs/fused.py).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+// One AMOS LIF neuron per SIMD lane, time in the outer loop: every element of every [T, N] tensor is
+// touched once per pass, and a block of neurons keeps its state in cache while the loop walks down time.
+constexpr int64_t BLOCK = 2048;
+
+// A fresh output of many MiB costs one page fault per 4 KiB on first touch, which on some machines takes longer
+// than the kernel itself. Asking Linux for transparent huge pages on the (2 MiB-aligned) inside of a large output,
+// before anything touches it, makes that 512 times fewer faults. A hint only: without THP nothing changes.
+static void advise_huge_pages(const torch::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t(2) << 20, begin = (uintptr_t)t.data_ptr(), bytes = t.numel() * t.element_size();
+  if (bytes < 4 * huge) return;
+  const uintptr_t start = (begin + huge - 1) & ~(huge - 1), end = (begin + bytes) & ~(huge - 1);
+  if (end > start) madvise((void*)start, end - start, MADV_HUGEPAGE);
+#endif
+}
+
+// exp(z) for z <= 0, branch-free so that the compiler vectorises the loops that call it.
+// Range reduction z = k ln2 + r with k = round(z / ln2), |r| <= ln2/2; Taylor polynomial of r; scale by 2^k through the
+// exponent bits. (std::floor would block GCC's vectoriser.)
+inline float exp_nonpositive(float z) {
+  z = z < -87.0f ? -87.0f : z;
+  const float k = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   // round to nearest (1.5·2^23 trick)
+  const float r = (z - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.0f / 5040; p = p * r + 1.0f / 720; p = p * r + 1.0f / 120; p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6; p = p * r + 0.5f; p = p * r + 1.0f; p = p * r + 1.0f;
+  int32_t bits = (int32_t)(k + 127.0f) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+inline double exp_nonpositive(double z) {
+  z = z < -708.0 ? -708.0 : z;
+  const double k = (z * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;   // round to nearest (1.5·2^52)
+  const double r = (z - k * 0.693145751953125) - k * 1.4286068203094173e-06;
+  double p = 1.0 / 6227020800.0;                                    // Taylor to r^13: error < 1e-17 for |r| <= ln2/2
+  const double c[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+                      1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+  for (int j = 0; j < 13; ++j) p = p * r + c[j];
+  int64_t bits = (int64_t)(k + 1023.0) << 52;
+  return p * __builtin_bit_cast(double, bits);
+}
+
+// Θ'(u): kind 0 is Sigmoid(alpha), α·σ(αu)(1−σ(αu)) = α·e/(1+e)² with e = exp(−|αu|); kind 1 is ATan(alpha).
+template <typename scalar_t>
+inline scalar_t theta_prime(scalar_t u, int kind, scalar_t alpha) {
+  if (kind == 0) {
+    const scalar_t e = exp_nonpositive(-std::fabs(alpha * u));
+    const scalar_t one_plus = scalar_t(1) + e;
+    return alpha * e / (one_plus * one_plus);
+  }
+  const scalar_t z = scalar_t(M_PI / 2) * alpha * u;
+  return (alpha / 2) / (scalar_t(1) + z * z);
+}
+
+// Forward, one time step for a block of neurons: Eq. 4, then the first crossing is the spike (Eqs. 2, 7-9)
+// and the first crossing after it the second fake spike (Eq. 15). Branch-free, so that it vectorises.
+template <typename scalar_t, bool PER_NEURON_TAU, bool STORE>
+static inline void forward_step(int64_t len, const scalar_t* __restrict__ xt, scalar_t* __restrict__ st, scalar_t* __restrict__ mt,
+                                scalar_t* __restrict__ h, int32_t* __restrict__ f, int32_t* __restrict__ s,
+                                const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
+                                scalar_t v_threshold, bool forced, int32_t ti, int32_t none) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
+    const scalar_t hv = (scalar_t(1) - scalar_t(1) / tau) * h[i] + xt[i] / tau;   // Eq. 4, as the loop computes it
+    h[i] = hv;
+    if (STORE) mt[i] = hv;
+    const bool cross = forced | (hv >= v_threshold);                       // Eq. 8 (forced at T-1: Eq. 9)
+    const bool fire = cross & (f[i] == none);                              // Eq. 2: the first crossing
+    st[i] = fire ? scalar_t(1) : scalar_t(0);
+    s[i] = (cross & (f[i] < ti) & (s[i] == none)) ? ti : s[i];             // the second fake spike t_sf
+    f[i] = fire ? ti : f[i];
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU>
+void forward_kernel(const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar, scalar_t* spikes, scalar_t* membrane,
+                    int32_t* first, int32_t* second, int64_t T, int64_t N, scalar_t v_threshold, bool force_last) {
+  at::parallel_for(0, (N + BLOCK - 1) / BLOCK, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> h(BLOCK);
+    std::vector<int32_t> f(BLOCK), s(BLOCK);
+    const int32_t none = (int32_t)T;                                       // "no such time step"
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * BLOCK, len = std::min(BLOCK, N - n0);
+      const scalar_t* tau_b = PER_NEURON_TAU ? tau + n0 : nullptr;
+      for (int64_t i = 0; i < len; ++i) { h[i] = 0; f[i] = none; s[i] = none; }
+      for (int64_t t = 0; t < T; ++t) {
+        const bool forced = force_last && t == T - 1;
+        if (membrane) forward_step<scalar_t, PER_NEURON_TAU, true>(len, x + t * N + n0, spikes + t * N + n0, membrane + t * N + n0,
+                                                                   h.data(), f.data(), s.data(), tau_b, tau_scalar, v_threshold, forced, (int32_t)t, none);
+        else forward_step<scalar_t, PER_NEURON_TAU, false>(len, x + t * N + n0, spikes + t * N + n0, nullptr,
+                                                             h.data(), f.data(), s.data(), tau_b, tau_scalar, v_threshold, forced, (int32_t)t, none);
+      }
+      if (first) for (int64_t i = 0; i < len; ++i) { first[n0 + i] = f[i]; second[n0 + i] = s[i]; }   // not in inference
+    }
+  });
+}
+
+// Backward, one time step (t descending) for a block of neurons: Eq. 15's spike gradient from the two gathered
+// values, the masked spatial term of Eq. 17, the recursion of Eq. 18, dL/dX = delta/tau, and the tau gradient.
+// GS_SCALAR: dL/dS is one number broadcast over [T, N] (the gradient of a sum), read without materialising it.
+template <typename scalar_t, bool PER_NEURON_TAU, bool HAS_GH, bool WANT_TAU, bool GS_SCALAR>
+static inline void backward_step(int64_t len, const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gh,
+                                 const scalar_t* __restrict__ mt, const scalar_t* __restrict__ mprev, scalar_t* __restrict__ gx,
+                                 scalar_t* __restrict__ delta, scalar_t* __restrict__ acc,
+                                 const scalar_t* __restrict__ g_first, const scalar_t* __restrict__ g_second,
+                                 const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
+                                 scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);  // hoisted out of the loop for one τ
+    const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
+    const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
+    const scalar_t spatial = d_spike * theta_prime(mt[i] - v_threshold, kind, alpha);            // Eq. 17
+    scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + (HAS_GH ? gh[i] : scalar_t(0));            // Eq. 18
+    d += ((ti <= f[i]) & !forced) ? spatial : scalar_t(0);                                       // (1 - F[t-1])
+    delta[i] = d;
+    gx[i] = d * inv_tau;                                                 // a product, not a quotient: divisions cost
+    if (WANT_TAU) acc[i] += d * ((mprev ? mprev[i] : scalar_t(0)) - mt[i]);                     // dH[t]/dtau * tau
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU, bool HAS_GH, bool WANT_TAU, bool GS_SCALAR>
+void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_membrane, const scalar_t* membrane,
+                     const scalar_t* tau, scalar_t tau_scalar, const int32_t* first, const int32_t* second,
+                     scalar_t* grad_x, scalar_t* grad_tau, int64_t T, int64_t N, scalar_t v_threshold, bool force_last,
+                     int kind, scalar_t alpha) {
+  at::parallel_for(0, (N + BLOCK - 1) / BLOCK, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> delta(BLOCK), acc(BLOCK), g_first(BLOCK), g_second(BLOCK);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * BLOCK, len = std::min(BLOCK, N - n0);
+      const scalar_t* tau_b = PER_NEURON_TAU ? tau + n0 : nullptr;
+      const int32_t* f = first + n0;
+      for (int64_t i = 0; i < len; ++i) {
+        const int32_t s = second[n0 + i];
+        const int64_t at_first = GS_SCALAR ? 0 : f[i] * N + n0 + i, at_second = GS_SCALAR ? 0 : s * N + n0 + i;
+        g_first[i] = f[i] < T ? grad_spikes[at_first] : scalar_t(0);     // dL/dS[t_f]
+        g_second[i] = s < T ? grad_spikes[at_second] : scalar_t(0);      // dL/dS[t_sf]
+        delta[i] = 0; acc[i] = 0;
+      }
+      for (int64_t t = T - 1; t >= 0; --t) {
+        backward_step<scalar_t, PER_NEURON_TAU, HAS_GH, WANT_TAU, GS_SCALAR>(
+            len, GS_SCALAR ? grad_spikes : grad_spikes + t * N + n0, HAS_GH ? grad_membrane + t * N + n0 : nullptr,
+            membrane + t * N + n0, t > 0 ? membrane + (t - 1) * N + n0 : nullptr, grad_x + t * N + n0,
+            delta.data(), acc.data(), g_first.data(), g_second.data(), f, tau_b, tau_scalar,
+            v_threshold, force_last && t == T - 1, (int32_t)t, kind, alpha);
+      }
+      if (WANT_TAU) for (int64_t i = 0; i < len; ++i) grad_tau[n0 + i] = acc[i] / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
+    }
+  });
+}
+
+// Backward without a stored membrane (fixed tau, membrane not an output): sweep 1 recomputes H forward from x and
+// writes Eq. 17's spatial term into grad_x; sweep 2 runs Eq. 18 backwards over the same block, still in cache.
+// Nothing of size [T, N] is saved for the backward except the input itself.
+template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+static inline void recompute_step(int64_t len, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ gs,
+                                  scalar_t* __restrict__ gx, scalar_t* __restrict__ h,
+                                  const scalar_t* __restrict__ g_first, const scalar_t* __restrict__ g_second,
+                                  const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
+                                  scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
+    // Eq. 4 again, with x·(1/τ) for x/τ: it may differ from the forward's H in the last bit, which moves Θ'(H − V_th)
+    // by a relative ~1e-7 (float32); the spike mask, the part that must be exact, comes from the forward's t_f.
+    const scalar_t hv = (scalar_t(1) - inv_tau) * h[i] + xt[i] * inv_tau;
+    h[i] = hv;
+    const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
+    const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
+    const scalar_t spatial = d_spike * theta_prime(hv - v_threshold, kind, alpha);               // Eq. 17
+    gx[i] = ((ti <= f[i]) & !forced) ? spatial : scalar_t(0);
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU>
+static inline void reverse_step(int64_t len, scalar_t* __restrict__ gx, scalar_t* __restrict__ delta,
+                                const scalar_t* __restrict__ tau_b, scalar_t tau_scalar) {
+  for (int64_t i = 0; i < len; ++i) {
+    const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
+    const scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + gx[i];                               // Eq. 18
+    delta[i] = d;
+    gx[i] = d * inv_tau;
+  }
+}
+
+template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+void backward_recompute_kernel(const scalar_t* grad_spikes, const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar,
+                               const int32_t* first, const int32_t* second, scalar_t* grad_x, int64_t T, int64_t N,
+                               scalar_t v_threshold, bool force_last, int kind, scalar_t alpha) {
+  constexpr int64_t RBLOCK = 512;                         // a block's [T, RBLOCK] rows of grad_x stay in L2 between sweeps
+  at::parallel_for(0, (N + RBLOCK - 1) / RBLOCK, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> h(RBLOCK), delta(RBLOCK), g_first(RBLOCK), g_second(RBLOCK);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * RBLOCK, len = std::min(RBLOCK, N - n0);
+      const scalar_t* tau_b = PER_NEURON_TAU ? tau + n0 : nullptr;
+      const int32_t* f = first + n0;
+      for (int64_t i = 0; i < len; ++i) {
+        const int32_t s = second[n0 + i];
+        g_first[i] = f[i] < T ? grad_spikes[GS_SCALAR ? 0 : f[i] * N + n0 + i] : scalar_t(0);
+        g_second[i] = s < T ? grad_spikes[GS_SCALAR ? 0 : s * N + n0 + i] : scalar_t(0);
+        h[i] = 0; delta[i] = 0;
+      }
+      for (int64_t t = 0; t < T; ++t)
+        recompute_step<scalar_t, PER_NEURON_TAU, GS_SCALAR>(len, x + t * N + n0, GS_SCALAR ? grad_spikes : grad_spikes + t * N + n0,
+            grad_x + t * N + n0, h.data(), g_first.data(), g_second.data(), f, tau_b, tau_scalar, v_threshold,
+            force_last && t == T - 1, (int32_t)t, kind, alpha);
+      for (int64_t t = T - 1; t >= 0; --t)
+        reverse_step<scalar_t, PER_NEURON_TAU>(len, grad_x + t * N + n0, delta.data(), tau_b, tau_scalar);
+    }
+  });
+}
+
+// Python-facing entry points. x, spikes, membrane, grads: [T, N] contiguous; tau: a [N] tensor, or an empty tensor
+// and the number tau_scalar; first/second: int32 [N].
+// An undefined tensor stands for "not wanted" (membrane, t_f/t_sf) or "one τ" (tau); Python sees it as None.
+std::vector<torch::Tensor> amos_forward(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
+                                        bool force_last, bool store_membrane, bool record_indices) {
+  const int64_t T = x.size(0), N = x.numel() / T;
+  auto spikes = torch::empty_like(x);
+  auto membrane = store_membrane ? torch::empty_like(x) : torch::Tensor();
+  advise_huge_pages(spikes);
+  if (store_membrane) advise_huge_pages(membrane);
+  auto opts = x.options().dtype(torch::kInt32);
+  auto first = record_indices ? torch::empty({N}, opts) : torch::Tensor();
+  auto second = record_indices ? torch::empty({N}, opts) : torch::Tensor();
+  const bool per_neuron = tau.defined() && tau.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_forward", [&] {
+    auto kernel = per_neuron ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
+    kernel(x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
+           spikes.data_ptr<scalar_t>(), store_membrane ? membrane.data_ptr<scalar_t>() : nullptr,
+           record_indices ? first.data_ptr<int32_t>() : nullptr, record_indices ? second.data_ptr<int32_t>() : nullptr,
+           T, N, (scalar_t)v_threshold, force_last);
+  });
+  return {spikes, membrane, first, second};
+}
+
+template <typename scalar_t, bool P, bool G>
+static void run_backward(bool want_tau, bool gs_scalar, const scalar_t* gs, const scalar_t* gh, const scalar_t* m, const scalar_t* tau,
+                         scalar_t tau_scalar, const int32_t* f, const int32_t* s, scalar_t* gx, scalar_t* gt, int64_t T, int64_t N,
+                         scalar_t vth, bool force_last, int kind, scalar_t alpha) {
+  auto kernel = want_tau ? (gs_scalar ? backward_kernel<scalar_t, P, G, true, true> : backward_kernel<scalar_t, P, G, true, false>)
+                         : (gs_scalar ? backward_kernel<scalar_t, P, G, false, true> : backward_kernel<scalar_t, P, G, false, false>);
+  kernel(gs, gh, m, tau, tau_scalar, f, s, gx, gt, T, N, vth, force_last, kind, alpha);
+}
+
+std::vector<torch::Tensor> amos_backward(torch::Tensor grad_spikes, torch::Tensor grad_membrane, torch::Tensor membrane,
+                                         torch::Tensor tau, double tau_scalar, torch::Tensor first, torch::Tensor second,
+                                         double v_threshold, bool force_last, int64_t kind, double alpha, bool need_tau) {
+  const int64_t T = membrane.size(0), N = membrane.numel() / T;
+  auto grad_x = torch::empty_like(membrane);
+  advise_huge_pages(grad_x);
+  auto grad_tau = need_tau ? torch::empty({N}, membrane.options()) : torch::Tensor();
+  const bool has_gh = grad_membrane.numel() > 0, per_neuron = tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
+  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "amos_backward", [&] {
+    auto run = per_neuron ? (has_gh ? run_backward<scalar_t, true, true> : run_backward<scalar_t, true, false>)
+                          : (has_gh ? run_backward<scalar_t, false, true> : run_backward<scalar_t, false, false>);
+    run(need_tau, gs_scalar, grad_spikes.data_ptr<scalar_t>(), has_gh ? grad_membrane.data_ptr<scalar_t>() : nullptr,
+        membrane.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
+        first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), grad_x.data_ptr<scalar_t>(),
+        need_tau ? grad_tau.data_ptr<scalar_t>() : nullptr, T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+  });
+  return {grad_x, grad_tau};
+}
+
+torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x, torch::Tensor tau, double tau_scalar,
+                                      torch::Tensor first, torch::Tensor second, double v_threshold, bool force_last,
+                                      int64_t kind, double alpha) {
+  const int64_t T = x.size(0), N = x.numel() / T;
+  auto grad_x = torch::empty_like(x);
+  advise_huge_pages(grad_x);
+  const bool per_neuron = tau.defined() && tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_backward_recompute", [&] {
+    auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, true, true> : backward_recompute_kernel<scalar_t, true, false>)
+                             : (gs_scalar ? backward_recompute_kernel<scalar_t, false, true> : backward_recompute_kernel<scalar_t, false, false>);
+    kernel(grad_spikes.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr,
+           (scalar_t)tau_scalar, first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), grad_x.data_ptr<scalar_t>(),
+           T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+  });
+  return grad_x;
+}
+
+// The recomputing path (τ fixed, one or one per neuron; spikes only) as one C++ autograd node: forward saves x, t_f
+// and t_sf, backward recomputes H. At 2^10-2^14 neurons the Python around the kernels (context, saved tensors, the
+// Python backward and its argument handling) costs as much as the kernels, and every hidden layer of a fixed-τ
+// network makes this call.
+static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     // compact_grad, in C++
+  bool broadcast = grad.numel() == 1;
+  if (!broadcast) { broadcast = true; for (auto stride : grad.strides()) broadcast = broadcast && stride == 0; }
+  return broadcast ? grad.as_strided({1}, {1}) : grad.contiguous();
+}
+
+struct AMOSLIFRecompute : public torch::autograd::Function<AMOSLIFRecompute> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor tau, double tau_scalar,
+                               double v_threshold, bool force_last, int64_t kind, double alpha) {
+    auto results = amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, true);
+    ctx->save_for_backward({x, tau, results[2], results[3]});
+    ctx->saved_data["tau"] = tau_scalar; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
+    ctx->saved_data["kind"] = kind; ctx->saved_data["alpha"] = alpha;
+    return results[0];
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto grad_x = amos_backward_recompute(one_number_or_contiguous(grads[0]), saved[0], saved[1],
+                                          ctx->saved_data["tau"].toDouble(), saved[2], saved[3],
+                                          ctx->saved_data["v_threshold"].toDouble(), ctx->saved_data["force_last"].toBool(),
+                                          ctx->saved_data["kind"].toInt(), ctx->saved_data["alpha"].toDouble());
+    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// tau: the [N] values, or an empty tensor and the number tau_scalar. τ must not need a gradient here.
+torch::Tensor amos_lif_recompute(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold, bool force_last,
+                                 int64_t kind, double alpha) {
+  x = x.contiguous();
+  if (!(torch::GradMode::is_enabled() && x.requires_grad()))        // inference: no graph, no t_f/t_sf to keep
+    return amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, false)[0];
+  return AMOSLIFRecompute::apply(x, tau, tau_scalar, v_threshold, force_last, kind, alpha);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("amos_forward", &amos_forward, "forward: spikes, membrane (if stored), t_f and t_sf");
+  m.def("amos_backward", &amos_backward, "backward from the stored membrane: dL/dX and dL/dtau");
+  m.def("amos_backward_recompute", &amos_backward_recompute, "backward that recomputes the membrane from x: dL/dX");
+  m.def("amos_lif_recompute", &amos_lif_recompute, "forward whose C++ autograd node recomputes the membrane in the backward");
+}
