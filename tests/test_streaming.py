@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from hypothesis import given, settings, strategies as st, HealthCheck
 from pttfs import AMOSLIF
-from pttfs.module import amos_lif_continued
+from pttfs.neuron import amos_lif_continued
 from pttfs.models import SpikingClassifier, SequenceWise, build_model
 from pttfs.decoders import DECODERS
 

@@ -1,4 +1,4 @@
-// The fused CPU kernels of the AMOS LIF neuron (chapter 6 of the pttfs book, nbs/06_fused.ipynb).
+// The fused CPU kernels of the AMOS LIF neuron (chapter 7 of the pttfs book, nbs/07_fused.ipynb).
 //
 // The same closed forms as the textbook backend (chapters 2-4), computed with one lane per neuron and a sequential
 // loop over time: the forward (Eq. 4, then Eqs. 2 and 7-9: the first crossing is the spike) records t_f and the
