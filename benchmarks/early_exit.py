@@ -8,7 +8,7 @@ The test images are decoded once into a tensor. For each T, the full evaluation 
 import argparse, datetime, json, os, platform, statistics, sys
 import torch
 from pttfs.evaluation import evaluate_run
-from pttfs.train import load_checkpoint
+from pttfs.train import atomic_write, load_checkpoint
 from pttfs.data import load_dataset
 
 p = argparse.ArgumentParser()
@@ -49,7 +49,8 @@ result = dict(command='python benchmarks/early_exit.py ' + ' '.join(sys.argv[1:]
               protocol="test images decoded and normalised once into a tensor; per T, full and early exit alternate "
                        "`rounds` times in one process, the median wall time kept; wall time covers the batches only",
               rows=rows)
-with open(args.out + '.tmp', 'w') as f: json.dump(result, f, indent=1)
-os.replace(args.out + '.tmp', args.out)
+def write(tmp):
+    with open(tmp, 'w') as f: json.dump(result, f, indent=1)
+atomic_write(args.out, write)                   # the one atomic_write (chapter 13): no half-written file on a kill
 for r in rows: print(f"T={r['T']}: full {r['wall_seconds']['full']:.2f} s, early exit {r['wall_seconds']['early-exit']:.2f} s, "
                      f"speed-up {r['speedup']:.2f}x (ideal {r['ideal_speedup']:.2f}x), identical {r['identical_predictions']}")

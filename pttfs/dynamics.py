@@ -10,7 +10,7 @@ import math
 import numbers
 import torch
 from torch import Tensor
-from .surrogate import Sigmoid, Surrogate
+from .surrogate import Sigmoid
 
 # %% ../nbs/01_dynamics.ipynb #8f6dd1e3
 def check_neuron_args(x, tau, v_threshold, surrogate, force_last):

@@ -15,9 +15,8 @@ import tempfile
 import time
 import torch
 from torch import nn
-from .neuron import AMOSLIF
-from .models import SequenceWise, build_model, spike_recorder, NEURON_LAYERS
-from .decoders import OutputLayer, TemporalSelectorDecoder
+from .models import spike_recorder, NEURON_LAYERS
+from .decoders import TemporalSelectorDecoder
 
 # %% ../nbs/14_evaluation.ipynb #c3f3e2c1
 E_MAC, E_AC = 4.6e-12, 0.9e-12   # joules per operation, 45 nm (Horowitz 2014)

@@ -15,7 +15,6 @@ from importlib.resources import files
 from pathlib import Path
 import torch
 from torch import Tensor
-from .surrogate import Sigmoid, ATan
 from .backends import register_backend, kernel_limits, flat_tau, compact_grad, reduce_tau_grad, _SURROGATE_KIND, _EMPTY_OF
 
 # %% ../nbs/07_fused.ipynb #06983bcf

@@ -129,7 +129,7 @@ class AMOSLIF(nn.Module):
         tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
         v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
         return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
-                f"surrogate={self.surrogate!r}, backend='{self.backend}'" + (f", step_mode='s'" if self.step_mode == 's' else '')
+                f"surrogate={self.surrogate!r}, backend='{self.backend}'" + (", step_mode='s'" if self.step_mode == 's' else '')
                 + (", stateful=True" if self.stateful else ''))
 
 # %% ../nbs/05_neuron.ipynb #a0a56a22

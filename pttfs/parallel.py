@@ -4,17 +4,17 @@
 
 # %% auto #0
 __all__ = ['second_fake_spike_index', 'spike_gradient', 'reverse_leaky_scan', 'spatial_gradient', 'membrane_gradient',
-           'AMOSLIFFunction', 'amos_lif_parallel', 'compare_with_reference']
+           'AMOSLIFFunction', 'amos_lif_parallel']
 
 # %% ../nbs/04_backward.ipynb #769dedca
-import warnings
 import torch
 from torch import Tensor
 from .surrogate import Sigmoid, surrogate_derivative
-from .dynamics import check_neuron_args, tau_tensor, amos_lif_sequential
-from .charging import leaky_scan, charge
-from .backends import PARALLEL_BACKENDS, register_backend, choose_backend, backend_function
-from .first_spike import fake_spikes, first_spike_index, spikes_from_index, amos_lif_forward
+from .dynamics import check_neuron_args, tau_tensor
+from .charging import leaky_scan
+from .first_spike import fake_spikes, first_spike_index, amos_lif_forward
+from .backends import register_backend, backend_function
+from .backends import PARALLEL_BACKENDS, choose_backend   # importable from here too, as before chapter 6 held them
 
 # %% ../nbs/04_backward.ipynb #628495df
 def second_fake_spike_index(fake: Tensor,  # bool fake spikes S̃, shape [T, *]
@@ -145,41 +145,3 @@ def _torch_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=T
     return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, surrogate, force_last)
 
 register_backend('torch', _torch_backend)
-
-# %% ../nbs/04_backward.ipynb #11293445
-def compare_with_reference(T: int, tau: float, force_last: bool, trailing=(64,), tau_per_neuron: bool = False,
-                           surrogate=Sigmoid(), seed: int = 0, dtype=torch.float64, backend: str = 'auto',
-                           device: str = 'cpu',
-                           learnable_threshold: bool = False,  # V_th a 0-d tensor that requires grad
-                           huge: float = 0.0,  # > 0: one input per neuron becomes ±huge, at a random step
-                          ) -> dict:
-    "Run `amos_lif_parallel` and `amos_lif_sequential` on one random problem; max |difference| of every output and gradient."
-    generator = torch.Generator().manual_seed(seed)                         # drawn on the CPU: the same problem on any device
-    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)
-    x = 1.0 + 1.5 * randn(T, *trailing)
-    tau_value = torch.full(trailing[-1:] if tau_per_neuron else (), tau, dtype=dtype)
-    if tau_per_neuron: tau_value = tau_value * (1 + torch.rand(trailing[-1], generator=generator, dtype=dtype))
-    tau_value = tau_value.to(device)
-    v_threshold = round(charge(x, tau_value).median().item(), 3) + 1e-4     # off any tie with a membrane value
-    g_spikes, g_membrane = randn(T, *trailing), randn(T, *trailing)
-    if huge > 0:                                                            # after the threshold: it stays ordinary
-        when = torch.randint(T, tuple(trailing), generator=generator).to(device).unsqueeze(0)
-        sign = torch.randint(2, tuple(trailing), generator=generator, dtype=dtype).to(device).unsqueeze(0) * 2 - 1
-        x = x.scatter(0, when, (sign * huge).expand_as(when))
-    results = []
-    parallel = lambda *args: amos_lif_parallel(*args, backend=backend)
-    for neuron in (parallel, amos_lif_sequential):
-        x_ = x.clone().requires_grad_()
-        tau_ = tau_value.clone().requires_grad_()
-        threshold = torch.tensor(v_threshold, dtype=dtype, device=device, requires_grad=True) if learnable_threshold else v_threshold
-        spikes, membrane = neuron(x_, tau_, threshold, surrogate, force_last)
-        ((spikes * g_spikes).sum() + (membrane * g_membrane).sum()).backward()
-        results.append((spikes.detach(), membrane.detach(), x_.grad, tau_.grad,
-                        threshold.grad if learnable_threshold and threshold.grad is not None else torch.zeros(())))   # None: V_th unused
-    (s, h, gx, gt, gv), (s_ref, h_ref, gx_ref, gt_ref, gv_ref) = results
-    maxdiff = lambda a, b: (a - b).abs().max().item()
-    finite_alike = lambda a, b: torch.equal(torch.isfinite(a), torch.isfinite(b))
-    return dict(spikes_equal=torch.equal(s, s_ref), fired=s.sum().item() / s[0].numel(),
-                membrane=maxdiff(h, h_ref), grad_x=maxdiff(gx, gx_ref), grad_tau=maxdiff(gt, gt_ref),
-                grad_threshold=maxdiff(gv, gv_ref), grad_x_scale=gx_ref.abs().max().item(),
-                finite_alike=all(finite_alike(a, b) for a, b in zip(results[0], results[1])))

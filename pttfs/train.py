@@ -389,7 +389,7 @@ def _load_resume_state(args) -> dict:
 def _rng_state() -> dict:
     return dict(torch=torch.get_rng_state(), python=random.getstate())
 
-
+# %% ../nbs/13_train.ipynb #98912c8d
 def setup_distributed(device: str) -> tuple:
     "(rank, world_size, device) under torchrun (NCCL on GPUs, gloo on CPU); (0, 1, device) otherwise."
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
@@ -415,7 +415,7 @@ def _barrier():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
-
+# %% ../nbs/13_train.ipynb #5067243d
 def _load_data(args) -> tuple:
     "(train set, test set), or a RunError that says what to do."
     try:
@@ -428,7 +428,7 @@ def _load_data(args) -> tuple:
         raise RunError(f"--download: could not fetch {args.dataset} ({type(e).__name__}: {reason}); without a network, "
                        f"put the files under {os.path.abspath(args.data_dir)} in torchvision's layout") from None
 
-
+# %% ../nbs/13_train.ipynb #0128c13d
 def train(args) -> dict:
     "Run (or resume) the schedule in args.out; returns the summary."
     rank, world_size, device = setup_distributed(args.device)
@@ -539,7 +539,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     plot_run(args.out, history, summary)
     return summary
 
-
+# %% ../nbs/13_train.ipynb #c00808dc
 def plot_run(out: str, history: list, summary: dict):
     "accuracy.png (test accuracy per epoch, stages marked) and t_first.png (the histogram of decision steps)."
     from matplotlib.figure import Figure         # no pyplot: drawing files must not change a notebook's backend

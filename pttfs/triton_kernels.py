@@ -9,9 +9,7 @@ __all__ = ['BLOCK', 'triton_kernels', 'TritonAMOSLIFFunction']
 import os
 import torch
 from torch import Tensor
-from .surrogate import Sigmoid, ATan
-from .backends import register_backend
-from .backends import _SURROGATE_KIND, kernel_limits, flat_tau, compact_grad, reduce_tau_grad
+from .backends import register_backend, _SURROGATE_KIND, kernel_limits, flat_tau, compact_grad, reduce_tau_grad
 
 # %% ../nbs/09_triton.ipynb #f3a32cf8
 _kernels = {}

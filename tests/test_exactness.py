@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from pttfs import amos_lif_parallel, amos_lif_sequential, AMOSLIF
-from pttfs.parallel import compare_with_reference
+from pttfs.testing import compare_with_reference
 from pttfs.fused import load_fused_extension, fused_error
 from pttfs.surrogate import ATan, Sigmoid
 
