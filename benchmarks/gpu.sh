@@ -30,7 +30,8 @@ if [ "$part" = speed ]; then
 # 1. exactness on CUDA: the Triton backend against the sequential reference (float64), plus float32 and autocast
 timeout 120 python3 - <<'PY' 2>&1 | tee "$out/gpu-tests.txt"
 import torch
-from pttfs.parallel import compare_with_reference, choose_backend, amos_lif_parallel
+from pttfs.testing import compare_with_reference
+from pttfs.parallel import choose_backend, amos_lif_parallel
 from pttfs.surrogate import ATan
 from pttfs import AMOSLIF
 assert torch.cuda.is_available()

@@ -145,3 +145,11 @@ def _torch_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=T
     return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, surrogate, force_last)
 
 register_backend('torch', _torch_backend)
+
+# %% ../nbs/04_backward.ipynb #fef9a544
+def __getattr__(name):
+    "`compare_with_reference` moved to `pttfs.testing` (the appendix); importing it from here still works."
+    if name == 'compare_with_reference':
+        from pttfs.testing import compare_with_reference
+        return compare_with_reference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
