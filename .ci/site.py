@@ -16,7 +16,7 @@ TEMPLATE = Path(__file__).resolve().parent / 'site_template'
 BOOK_NAME = 'pttfs: parallel training of TTFS SNNs'
 # MathJax 2 is served from the site: Debian's libjs-mathjax, or the copy in the jupyter-server-mathjax wheel.
 MATHJAX_CANDIDATES = [os.environ.get('MATHJAX_DIR', ''), '/usr/share/javascript/mathjax', '/usr/share/mathjax']
-MATHJAX_URL = 'mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe'
+MATHJAX_CONFIGS = ['TeX-AMS_CHTML-full', 'TeX-AMS-MML_HTMLorMML-full']   # the first one the copy has (the wheel has only the second)
 BROWSERS = ['chromium-headless-shell', 'chromium', 'chromium-browser', 'google-chrome']
 
 BOOK_CSS = """
@@ -106,14 +106,17 @@ def build(out: Path):
     from nbconvert import HTMLExporter
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copytree(find_mathjax(), out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'))
+    mathjax = find_mathjax()
+    shutil.copytree(mathjax, out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'))
+    config = next(c for c in MATHJAX_CONFIGS + [''] if not c or (mathjax / 'config' / f'{c}.js').exists())
+    if not config: sys.exit(f"{mathjax} has none of the MathJax configurations {MATHJAX_CONFIGS}")
     (out / 'book.css').write_text(BOOK_CSS)
     (out / 'book.js').write_text(BOOK_JS)
     notebooks = [(page_notebook(nb), file) for nb, file in chapters()]
     pages = [dict(file=file, title=title_of(nb) or file, number=file.split('_')[0] if file[0].isdigit() else '')
              for nb, file in notebooks]
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE.parent)], template_name=TEMPLATE.name,
-                            mathjax_url=MATHJAX_URL)
+                            mathjax_url=f'mathjax/MathJax.js?config={config},Safe')
     for i, (nb, file) in enumerate(notebooks):
         nb.metadata['title'] = pages[i]['title']
         book = dict(name=BOOK_NAME, pages=pages, current=pages[i],
