@@ -29,6 +29,7 @@ body.book { display: flex; margin: 0; }
 .book-toc li.current > a { font-weight: bold; color: #000; }
 .book-name { font-weight: bold; font-size: 15px; }
 .book-page { flex: 1 1 auto; min-width: 0; max-width: 70rem; padding: 0 1.5rem; }
+.jp-InputArea, .jp-InputArea-editor, .jp-OutputArea-output pre { overflow-x: auto !important; }   /* long lines scroll */
 .book-pager { display: flex; justify-content: space-between; padding: .8rem 0; font: 14px sans-serif; }
 @media (max-width: 60rem) { body.book { display: block; } .book-toc { position: static; height: auto; border: 0; } }
 """
@@ -75,6 +76,9 @@ def page_notebook(path: Path):
             lines = [l for l in cell.source.splitlines() if not l.startswith('#|') and not l.startswith('# NBVAL_')]
             cell.source = '\n'.join(lines).strip('\n')
             if not cell.source and not cell.outputs: continue
+            for output in cell.outputs:                        # show_doc's Quarto link attributes are not markdown
+                if 'text/markdown' in output.get('data', {}):
+                    output['data']['text/markdown'] = re.sub(r'\{target="_blank"[^}]*\}', '', output['data']['text/markdown'])
         elif cell.cell_type == 'markdown':
             cell.source = re.sub(r'\]\((?:nbs/)?([\w-]+)\.(?:ipynb|md)(#[^)]*)?\)', r'](\1.html\2)', cell.source)
         cells.append(cell)
@@ -197,6 +201,7 @@ def check(out: Path) -> int:
         text = ' '.join(dom.text)
         for m in list(RAW_TEX.finditer(text))[:5]:
             say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
+        if '{target=' in text: say("Quarto link attributes left as text ('{target=...}')")
         for img in dom.images:
             if img.get('data-loaded') != 'yes': say(f"image did not load: {img.get('src', '')[:80]!r}")
         for src in dom.resources:
