@@ -108,6 +108,8 @@ def find_mathjax() -> Path:
 
 def build(out: Path):
     from nbconvert import HTMLExporter
+    if out.exists() and any(out.iterdir()) and not (out / 'book.js').exists():   # never wipe a folder we did not build
+        sys.exit(f"{out} exists and is not a site this script built: choose another --out, or remove it yourself")
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     mathjax = find_mathjax()
