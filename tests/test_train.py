@@ -9,6 +9,11 @@ SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--ch
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, '-m', 'pttfs.train', *args], capture_output=True, text=True, timeout=timeout)
 
+def here(*args):
+    "pttfs-train's main() in this process (tests/inprocess.py): for refusals and short runs that no other process touches."
+    from inprocess import run_main
+    return run_main('pttfs.train', 'main', *args)
+
 @pytest.mark.parametrize("args, flag", [
     (['--dataset', 'imagenet'], '--dataset'),
     (['--schedule', '1:2,x'], '--schedule'),
@@ -18,14 +23,14 @@ def cli(*args, timeout=300):
     (['--lr', '0'], '--lr'),
 ])
 def test_bad_flags_exit_2_with_one_line(args, flag, tmp_path):
-    result = cli(*args, '--out', str(tmp_path / 'run'))
+    result = here(*args, '--out', str(tmp_path / 'run'))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], result.stderr
     assert not (tmp_path / 'run').exists()
 
 def test_missing_data_names_path_and_flag(tmp_path):
-    result = cli('--dataset', 'fashion-mnist', '--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'run'))
+    result = here('--dataset', 'fashion-mnist', '--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'run'))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr                                         # one line: the path and both routes
@@ -37,18 +42,18 @@ def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp_path):
     run = tmp_path / 'run'; run.mkdir()
     (run / 'last.pt').write_bytes(b'not a checkpoint')
     (run / 'metrics.jsonl').write_text('{"epoch": 1}\n')
-    result = cli(*SMALL, '--out', str(run), '--resume')
+    result = here(*SMALL, '--out', str(run), '--resume')
     assert result.returncode == 2 and 'last.pt' in result.stderr
     assert (run / 'last.pt').read_bytes() == b'not a checkpoint'
     assert (run / 'metrics.jsonl').read_text() == '{"epoch": 1}\n'
 
 def test_mismatched_checkpoint_and_existing_run(tmp_path):
     run = tmp_path / 'run'
-    assert cli(*SMALL, '--out', str(run), '--stop-after', '1').returncode == 0
+    assert here(*SMALL, '--out', str(run), '--stop-after', '1').returncode == 0
     before = (run / 'last.pt').read_bytes()
-    other = cli(*SMALL[:-1], '64', '--out', str(run), '--resume')            # another batch size
+    other = here(*SMALL[:-1], '64', '--out', str(run), '--resume')            # another batch size
     assert other.returncode == 2 and '--batch-size' in other.stderr
-    again = cli(*SMALL, '--out', str(run))                                    # a fresh run into a used folder
+    again = here(*SMALL, '--out', str(run))                                    # a fresh run into a used folder
     assert again.returncode == 2 and '--resume' in again.stderr
     assert (run / 'last.pt').read_bytes() == before
 
