@@ -7,7 +7,7 @@ __all__ = ['MAX_T', 'MAX_EPOCHS', 'RUN_FILES', 'LOCK_FILE', 'RUN_KEYS', 'RECIPES
            'autocast_for', 'mixup_or_cutmix', 'train_epoch', 'decision_table', 'add_spike_counts', 'evaluate',
            'RunError', 'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint', 'check_out_path',
            'RunFolder', 'run_settings', 'model_for', 'OneLineParser', 'parse_args', 'setup_distributed', 'train',
-           'plot_run', 'main']
+           'mark_stages', 'plot_run', 'main']
 
 # %% ../nbs/13_train.ipynb #fa9f9d6e
 import argparse
@@ -540,13 +540,21 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     return summary
 
 # %% ../nbs/13_train.ipynb #c00808dc
+def mark_stages(ax, history: list):
+    "Dotted lines where T changes and each stage's T at its first epoch (labels stacked, so short stages stay readable)."
+    for before, after in zip(history, history[1:]):
+        if after['T'] != before['T']: ax.axvline(after['epoch'] - 0.5, color='grey', ls=':')
+    for i, T in enumerate(dict.fromkeys(r['T'] for r in history)):
+        first = next(r['epoch'] for r in history if r['T'] == T)
+        ax.annotate(f"T={T}", (first - 0.4, 0.03 + 0.07 * i), xycoords=('data', 'axes fraction'), fontsize=8, color='grey')
+
+
 def plot_run(out: str, history: list, summary: dict):
     "accuracy.png (test accuracy per epoch, stages marked) and t_first.png (the histogram of decision steps)."
     from matplotlib.figure import Figure         # no pyplot: drawing files must not change a notebook's backend
     fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     ax.plot([r['epoch'] for r in history], [100 * r['test_accuracy'] for r in history], 'o-')
-    for r0, r1 in zip(history, history[1:]):
-        if r1['T'] != r0['T']: ax.axvline(r1['epoch'] - 0.5, color='grey', ls=':'); ax.text(r1['epoch'] - 0.4, ax.get_ylim()[0], f"T={r1['T']}", fontsize=8)
+    mark_stages(ax, history)
     ax.set_xlabel('epoch'); ax.set_ylabel('test accuracy (%)'); ax.set_title(f"{summary['dataset']}, {summary['decoder']}, {summary['schedule']}")
     fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
     fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
