@@ -544,9 +544,10 @@ def mark_stages(ax, history: list):
     "Dotted lines where T changes and each stage's T at its first epoch (labels stacked, so short stages stay readable)."
     for before, after in zip(history, history[1:]):
         if after['T'] != before['T']: ax.axvline(after['epoch'] - 0.5, color='grey', ls=':')
+    left = ax.get_xlim()[0]                                   # inside the axes, also for a run of one epoch
     for i, T in enumerate(dict.fromkeys(r['T'] for r in history)):
         first = next(r['epoch'] for r in history if r['T'] == T)
-        ax.annotate(f"T={T}", (first - 0.4, 0.03 + 0.07 * i), xycoords=('data', 'axes fraction'), fontsize=8, color='grey')
+        ax.annotate(f"T={T}", (max(first - 0.4, left), 0.03 + 0.07 * i), xycoords=('data', 'axes fraction'), fontsize=8, color='grey')
 
 
 def plot_run(out: str, history: list, summary: dict):
