@@ -39,8 +39,11 @@ def chunk_length(decay: Tensor,  # α, a tensor (one value or one per neuron)
 def exponent_budget(x: Tensor,  # the sequence to scan, shape [T, *]
                    ) -> float:  # bits: α^-(L-1) ≤ 2^bits keeps every scaled term and every chunk sum finite
     "min(64, log2(largest float / (T · max|x|)) − 1): the room that x's own magnitude leaves for Eq. 5's growing factor."
-    biggest = float(x.detach().abs().max()) if x.numel() else 0.0
-    if not 0 < biggest < math.inf: return _EXPONENT_BUDGET_BITS    # all zeros; or NaN/inf, which no chunking can keep finite
+    # max|x| over the finite values only: a NaN or inf spoils its own neuron whatever we do, but must not take
+    # the guard away from a finite neighbour at 1e30.
+    magnitude = x.detach().abs()
+    biggest = float(torch.where(torch.isfinite(magnitude), magnitude, 0).max()) if x.numel() else 0.0
+    if biggest == 0: return _EXPONENT_BUDGET_BITS                   # all zeros (or nothing finite): no scaling limit
     room = math.log2(torch.finfo(x.dtype).max) - math.log2(biggest) - math.log2(x.shape[0]) - 1
     return min(_EXPONENT_BUDGET_BITS, room)
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -33,7 +34,9 @@ def kernel_excerpt(name: str,  # a function (or struct) defined at the top level
 
 # %% ../nbs/07_fused.ipynb #2b4068dd
 # OpenMP first: without -fopenmp, ATen's at::parallel_for (an OpenMP pragma in a header) runs on one thread.
-_FLAG_SETS = (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3'])
+# -ffp-contract=off: GCC would fuse (1 - 1/τ)·h + x/τ into one multiply-add, whose single rounding differs from
+# the loop's two; where H lands exactly on V_th, that last bit decides the spike.
+_FLAG_SETS = tuple([*flags, '-ffp-contract=off'] for flags in (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3']))
 _state = {'extension': None, 'error': None}
 
 def _cpu_signature() -> str:
@@ -44,6 +47,17 @@ def _cpu_signature() -> str:
             flags = next((line for line in f if line.startswith(('flags', 'Features'))), '')
     except OSError: pass
     return platform.machine() + flags
+
+
+def _announce_build(name: str):
+    "One line on stderr when this build is not on disk yet: the first call waits for the compiler."
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        folder = _get_build_directory(name, False)
+        if any(f.endswith('.so') for f in os.listdir(folder)): return
+    except Exception: folder = 'torch extensions folder'
+    print(f"pttfs: compiling the fused CPU kernel ({KERNEL_FILE.name}) into {folder}; this happens once per install "
+          f"and takes about a minute", file=sys.stderr, flush=True)
 
 
 def load_fused_extension():
@@ -59,8 +73,11 @@ def load_fused_extension():
     try:
         from torch.utils.cpp_extension import load
         for flags in _FLAG_SETS:
-            key = '\n'.join([CPP_SOURCE, ' '.join(flags), torch.__version__, _cpu_signature()])
+            # The source's path is part of the name: two installs (a clone and a wheel) never share a build folder,
+            # so neither makes the other rebuild.
+            key = '\n'.join([CPP_SOURCE, str(KERNEL_FILE), ' '.join(flags), torch.__version__, _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
+            _announce_build(name)
             try:
                 _state['extension'] = load(name=name, sources=[str(KERNEL_FILE)], extra_cflags=flags,
                                            extra_ldflags=[f for f in flags if f == '-fopenmp'], verbose=False)
@@ -73,7 +90,8 @@ def load_fused_extension():
     finally:
         logger.setLevel(level)
     _state['error'] = 'build failed: ' + ' | '.join(errors)
-    warnings.warn(f"pttfs: the fused CPU kernel could not be built ({_state['error']}); the 'torch' backend is used instead")
+    warnings.warn(f"pttfs: the fused CPU kernel could not be built ({_state['error']}); the 'torch' backend is used "
+                  f"instead (set PTTFS_DISABLE_FUSED=1 to skip the build)")
     return None
 
 

@@ -205,3 +205,37 @@ def test_recompute_cpp_node_matches_bptt(force_last, surrogate, dtype, per_neuro
         assert 'AMOSLIFRecompute' in node
         assert torch.equal(s, s_ref)
         assert (gx - gx_ref).abs().max() <= tol * (1 + gx_ref.abs().max())
+
+
+@pytest.mark.skipif(load_fused_extension() is None, reason=f"fused CPU kernel unavailable: {fused_error()}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_kernel_equals_the_loop_at_ties(dtype):
+    "Where H lands exactly on V_th, the fused kernel's spike is the loop's (no fused multiply-add moves the last bit)."
+    x = torch.tensor([-1.0608166785462863, 3.707211119030857], dtype=torch.float64).view(2, 1)   # the reported case
+    assert amos_lif_sequential(x, 3.0)[0].flatten().tolist() == [0.0, 1.0]
+    assert amos_lif_parallel(x, 3.0, backend='cpu-fused')[0].flatten().tolist() == [0.0, 1.0]
+    g = torch.Generator().manual_seed(1)
+    x0 = (torch.rand(5000, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    decay, tau = 1 - 1 / torch.tensor(3.0, dtype=dtype), 3.0
+    x1 = (1 - decay * (x0 / tau)) * tau
+    tie = decay * (x0 / tau) + x1 / tau == 1                  # exactly on V_th = 1 in the loop's arithmetic
+    x = torch.stack([x0, x1])[:, tie]
+    assert x.shape[1] > 1000
+    reference = amos_lif_sequential(x, tau)[0]
+    assert reference[1].all()
+    assert torch.equal(amos_lif_parallel(x, tau, backend='cpu-fused')[0], reference)
+    x.requires_grad_()                                        # the recomputing backward path reads the same spikes
+    assert torch.equal(amos_lif_parallel(x, tau, backend='cpu-fused', return_membrane=False)[0], reference)
+
+
+@pytest.mark.parametrize("bad", [float('nan'), float('inf'), float('-inf')])
+def test_a_non_finite_input_leaves_its_neighbours_exact(bad):
+    "One NaN or inf must not switch off the 'torch' scan's overflow guard for the other neurons."
+    x = torch.rand(300, 3)
+    x[5, 0] = bad
+    x[:, 1] = 1e30
+    spikes, membrane = amos_lif_parallel(x, 2.0, backend='torch')
+    ref_spikes, ref_membrane = amos_lif_sequential(x, 2.0)
+    assert torch.equal(spikes[:, 1:], ref_spikes[:, 1:])
+    assert torch.isfinite(membrane[:, 1:]).all()
+    assert ((membrane[:, 1:] - ref_membrane[:, 1:]).abs() / ref_membrane[:, 1:].abs().clamp(min=1)).max() < 1e-5
