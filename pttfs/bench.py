@@ -43,10 +43,10 @@ def make_neuron(name,  # one of NEURONS, or a dict of `AMOSLIF` keyword argument
                 T: int,  # time steps (PSN's weight is T x T)
                ) -> nn.Module:
     "A neuron layer for multi-step input [T, *] by name (or `AMOSLIF(**name)` for a dict); None if its package is missing."
-    if isinstance(name, dict): return AMOSLIF(**name)
-    if name == 'amos': return AMOSLIF(tau=2.0)
-    if name == 'amos-torch': return AMOSLIF(tau=2.0, backend='torch')
-    if name == 'amos-sequential': return AMOSLIF(tau=2.0, backend='sequential')
+    if isinstance(name, dict): return AMOSLIF(**{'step_mode': 'm', **name})
+    if name == 'amos': return AMOSLIF(tau=2.0, step_mode='m')
+    if name == 'amos-torch': return AMOSLIF(tau=2.0, backend='torch', step_mode='m')
+    if name == 'amos-sequential': return AMOSLIF(tau=2.0, backend='sequential', step_mode='m')
     if name in ('sj-lif', 'sj-psn'): return spikingjelly_neuron(name, T)
     raise ValueError(f"neuron must be one of {NEURONS}, got {name!r}")
 

@@ -41,7 +41,7 @@ class OutputLayer(nn.Module):
         super().__init__()
         self.synapse = nn.Linear(in_features, classes)
         self.neuron = AMOSLIF(tau, v_threshold, surrogate, force_last, learnable_tau=True, num_channels=classes, channel_dim=2,
-                              return_membrane=True, backend=backend)
+                              return_membrane=True, backend=backend, step_mode='m')
 
     def outputs(self, x: Tensor) -> tuple:
         "(spikes, membrane) of the output neurons, each [T, B, K], for the last hidden layer's spikes x [T, B, F]."

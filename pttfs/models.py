@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['NEURONS', 'SURROGATES', 'NEURON_LAYERS', 'Prediction', 'SequenceWise', 'scnn_body', 'cifar_body', 'cifar_net',
-           'SpikingJellyNeuron', 'RateReadout', 'SpikingClassifier', 'build_model', 'spike_recorder', 'record_spikes']
+           'SpikingJellyNeuron', 'RateReadout', 'check_exits_early', 'SpikingClassifier', 'build_model',
+           'spike_recorder', 'record_spikes']
 
 # %% ../nbs/12_models.ipynb #c995c323
 import torch
@@ -101,6 +102,15 @@ class RateReadout(nn.Module):
 
 NEURON_LAYERS = (AMOSLIF, SpikingJellyNeuron)   # what spike counts and the energy estimate look for
 
+# %% ../nbs/12_models.ipynb #3250c684
+def check_exits_early(body: nn.Module):
+    "Refuse a body that early exit cannot run step by step: a temporal layer other than `AMOSLIF` keeps state it would not carry."
+    for name, m in body.named_modules():
+        stateful = isinstance(m, SpikingJellyNeuron) or any(k.__name__ == 'MemoryModule' for k in type(m).__mro__)
+        if stateful and not isinstance(m, AMOSLIF):
+            raise ValueError(f"early exit runs the network a step at a time and carries only AMOSLIF's state; layer "
+                             f"{name!r} ({type(m).__name__}) keeps its own, so its steps would differ: use early_exit=False")
+
 # %% ../nbs/12_models.ipynb #5dfb1b4e
 Prediction = namedtuple('Prediction', 'logits t_first steps_computed')
 
@@ -130,15 +140,16 @@ class SpikingClassifier(nn.Module):
                              f"(only the temporal selector decoder can); use early_exit=False")
         if self.training: raise ValueError("early exit is exact in eval mode only (training-mode batch norm mixes samples and steps): call .eval()")
         if not isinstance(chunk, int) or chunk < 1: raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+        check_exits_early(self.body)
         neurons = [m for m in self.modules() if isinstance(m, AMOSLIF)]
-        modes = [(m.step_mode, m.stateful, m.force_last) for m in neurons]
+        modes = [(m.step_mode, m.stateful, m.sequence_length) for m in neurons]
         B = images.shape[0]
         logits, decision = None, torch.full((B,), T - 1, dtype=torch.long, device=images.device)
         steps = torch.zeros(B, dtype=torch.long, device=images.device)
         active = torch.arange(B, device=images.device)           # the samples still undecided
         try:
-            for m in neurons:        # a forced last spike (Eq. 7) changes neither t_1st (T-1 without it) nor the membranes
-                m.step_mode, m.stateful, m.force_last = 'm', True, False; m.reset()
+            for m in neurons:        # carried state; Eq. 7's forced spike (force_last) comes at step T-1 of T
+                m.step_mode, m.stateful, m.sequence_length = 'm', True, T; m.reset()
             start = 0
             while start < T and len(active):
                 k = min(chunk, T - start)
@@ -155,8 +166,8 @@ class SpikingClassifier(nn.Module):
                 for m in neurons: m.select_state(~done)                         # decided samples leave the batch
                 start += k
         finally:
-            for m, (mode, stateful, force_last) in zip(neurons, modes):
-                m.step_mode, m.stateful, m.force_last = mode, stateful, force_last; m.reset()
+            for m, (mode, stateful, length) in zip(neurons, modes):
+                m.step_mode, m.stateful, m.sequence_length = mode, stateful, length; m.reset()
         return Prediction(logits, decision, steps)
 
 
@@ -181,7 +192,7 @@ def build_model(dataset: str = 'digits',  # a name in DATASETS
     if surrogate not in SURROGATES: raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
     if neuron != 'amos' and decoder != 'rate':
         raise ValueError(f"the {neuron} baseline fires many times, so it decodes by rate: use decoder='rate', not {decoder!r}")
-    if neuron == 'amos': make_neuron = lambda: AMOSLIF(tau=tau, surrogate=SURROGATES[surrogate](), backend=backend)
+    if neuron == 'amos': make_neuron = lambda: AMOSLIF(tau=tau, surrogate=SURROGATES[surrogate](), backend=backend, step_mode='m')
     else: make_neuron = lambda: SpikingJellyNeuron(neuron, T=T, tau=tau, surrogate=surrogate)
     if architecture == 'scnn':
         body = scnn_body(info['channels'], info['size'], make_neuron, channels or 32, hidden, convs_per_block)

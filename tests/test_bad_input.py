@@ -32,10 +32,10 @@ def test_bad_arguments(neuron, kwargs, exc, words):
         neuron(**args)
 
 def test_module_bad_arguments():
-    with pytest.raises(ValueError, match="tau"): AMOSLIF(tau=0.5)
-    with pytest.raises(ValueError, match="num_channels"): AMOSLIF(num_channels=-1)
-    with pytest.raises(ValueError, match="backend"): AMOSLIF(backend="triton-please")
-    with pytest.raises(ValueError, match="num_channels=4"): AMOSLIF(num_channels=4)(torch.zeros(3, 2, 5, 6))
+    with pytest.raises(ValueError, match="tau"): AMOSLIF(tau=0.5, step_mode='m')
+    with pytest.raises(ValueError, match="num_channels"): AMOSLIF(num_channels=-1, step_mode='m')
+    with pytest.raises(ValueError, match="backend"): AMOSLIF(backend="triton-please", step_mode='m')
+    with pytest.raises(ValueError, match="num_channels=4"): AMOSLIF(num_channels=4, step_mode='m')(torch.zeros(3, 2, 5, 6))
 
 @pytest.mark.parametrize("force_last", [False, True])
 def test_nan_input_documented_behaviour(force_last):

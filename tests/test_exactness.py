@@ -138,7 +138,7 @@ def test_module_conv_layout_per_channel_tau(backend):
     x = 1 + torch.randn(10, 2, 3, 4, 4, dtype=torch.float64)
     grads = []
     for backend in (backend, 'sequential'):
-        m = AMOSLIF(tau=3.0, learnable_tau=True, num_channels=3, backend=backend).double()
+        m = AMOSLIF(tau=3.0, learnable_tau=True, num_channels=3, backend=backend, step_mode='m').double()
         x_ = x.clone().requires_grad_()
         s = m(x_)
         assert s.shape == x.shape

@@ -160,7 +160,7 @@ def test_bench_checks_before_benchmarking(args, words, tmp_path):
 def test_learnable_tau_at_the_edge_trains():
     "w = 17 used to round τ to exactly 1 in float32 and stop training with 'tau must be > 1'."
     from pttfs import AMOSLIF
-    neuron = AMOSLIF(learnable_tau=True)
+    neuron = AMOSLIF(learnable_tau=True, step_mode='m')
     neuron.tau_logit.data.fill_(17)
     assert neuron.tau.item() > 1
     neuron(torch.rand(5, 3) * 3).sum().backward()
@@ -173,6 +173,6 @@ def test_neuron_arguments_refused():
     for alpha in (float('nan'), float('inf'), -4.0):
         for cls in (Sigmoid, ATan):
             with pytest.raises(ValueError, match='alpha'): cls(alpha)
-    with pytest.raises(TypeError, match='learnable_tau'): AMOSLIF(learnable_tau='yes')
-    neuron = AMOSLIF(tau=torch.tensor([2.0, 3.0]))                 # one initial τ per channel, not a placeholder error
+    with pytest.raises(TypeError, match='learnable_tau'): AMOSLIF(learnable_tau='yes', step_mode='m')
+    neuron = AMOSLIF(tau=torch.tensor([2.0, 3.0]), step_mode='m')                 # one initial τ per channel, not a placeholder error
     assert neuron.num_channels == 2 and neuron.tau.tolist() == [2.0, 3.0]

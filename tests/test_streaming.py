@@ -84,7 +84,7 @@ def test_spikingjelly_model_zoo_single_step_equals_multi_step(factory):
 
 def small_classifier(seed, decoder='tsd'):
     torch.manual_seed(seed)
-    body = nn.Sequential(SequenceWise(nn.Flatten(), nn.Linear(64, 32)), AMOSLIF())
+    body = nn.Sequential(SequenceWise(nn.Flatten(), nn.Linear(64, 32)), AMOSLIF(step_mode='m'))
     model = SpikingClassifier(body, DECODERS[decoder](32, 10)).eval()
     body[0].layers[1].weight.data.normal_(0, 0.3); model.decoder.synapse.weight.data.normal_(0, 0.5)
     model.decoder.synapse.bias.data.fill_(0.8)
