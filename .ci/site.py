@@ -106,14 +106,17 @@ def find_mathjax() -> Path:
              "or set MATHJAX_DIR to a folder holding MathJax.js")
 
 
+MANIFEST = '.site-manifest'   # every file a build wrote: the next build removes these and nothing else
+
+
 def build(out: Path):
     from nbconvert import HTMLExporter
-    if out.exists() and any(out.iterdir()) and not (out / 'book.js').exists():   # never wipe a folder we did not build
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():   # never wipe a folder we did not build
         sys.exit(f"{out} exists and is not a site this script built: choose another --out, or remove it yourself")
-    if out.exists(): shutil.rmtree(out)
-    out.mkdir(parents=True)
+    remove_previous_build(out)
+    out.mkdir(parents=True, exist_ok=True)
     mathjax = find_mathjax()
-    shutil.copytree(mathjax, out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'))
+    shutil.copytree(mathjax, out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'), dirs_exist_ok=True)
     config = next(c for c in MATHJAX_CONFIGS + [''] if not c or (mathjax / 'config' / f'{c}.js').exists())
     if not config: sys.exit(f"{mathjax} has none of the MathJax configurations {MATHJAX_CONFIGS}")
     (out / 'book.css').write_text(BOOK_CSS)
@@ -130,7 +133,21 @@ def build(out: Path):
         body, _ = exporter.from_notebook_node(nb, resources=dict(book=book))
         body = body.replace('</head>', '<script src="book.js"></script>\n</head>', 1)
         (out / file).write_text(body, encoding='utf-8')
+    written = sorted(str(path.relative_to(out)) for path in out.rglob('*') if path.is_file() and path.name != MANIFEST)
+    (out / MANIFEST).write_text('\n'.join(written) + '\n')
     print(f"built {len(pages)} pages in {out}")
+
+
+def remove_previous_build(out: Path):
+    "Remove what the last build wrote (its manifest lists it) and the folders it leaves empty; a file added since stays."
+    manifest = out / MANIFEST
+    if not manifest.exists(): return
+    for name in manifest.read_text().split('\n'):
+        path = out / name
+        if name and path.resolve().is_relative_to(out.resolve()) and (path.is_file() or path.is_symlink()): path.unlink()
+    manifest.unlink()
+    for folder in sorted((p for p in out.rglob('*') if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()): folder.rmdir()
 
 
 class DOM(html.parser.HTMLParser):

@@ -25,7 +25,7 @@ import torch
 from torch import nn, Tensor
 from .neuron import AMOSLIF
 from .models import cifar_net
-from .train import OneLineParser, atomic_write
+from .train import OneLineParser, atomic_write, check_device, default_device
 
 # %% ../nbs/08_benchmark.ipynb #06219be3
 def spikingjelly_neuron(name: str, T: int):
@@ -316,11 +316,26 @@ def _int_list(text: str) -> list:
     return values
 
 
-def check_out_file(p, out: str) -> str:
-    "An output file's absolute path, checked before any work: not empty, not a folder, in a writable folder (else `p.error`)."
+def _holds_keys(path: str, keys) -> bool:
+    "Whether the file is a JSON object with all these keys: an earlier output of the same command."
+    try:
+        with open(path) as f: data = json.load(f)
+    except (OSError, ValueError): return False
+    return isinstance(data, dict) and all(key in data for key in keys)
+
+
+def check_out_file(p, out: str,
+                   overwrite: bool = False,  # --overwrite: replace an existing file, if it is `own`
+                   own: tuple = ('machine', 'isolated'),  # the keys of this command's JSON: only such a file is replaced
+                  ) -> str:
+    "An output file's absolute path, checked before any work: new (or replaceable), not a folder, in a writable folder."
     if not out.strip(): p.error("--out is empty: name the JSON file to write")
     path = os.path.abspath(out)
     if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
+    if os.path.lexists(path):                       # never replace a checkpoint, a metrics file, another tool's output
+        if not overwrite: p.error(f"--out {out}: the file exists; choose another --out, or pass --overwrite to replace it")
+        if os.path.islink(path) or not _holds_keys(path, own):
+            p.error(f"--out {out}: --overwrite replaces only an earlier {p.prog} output, and this file is not one")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)): pass        # can a file be written there?
@@ -330,7 +345,7 @@ def check_out_file(p, out: str) -> str:
 
 def parse_args(argv=None):
     p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
     p.add_argument('--N', type=_int_list, default=[2**10, 2**14, 2**18], help="neuron counts, e.g. 2^10,2^14,2^18")
     p.add_argument('--T', type=_int_list, default=[4, 16, 64, 256], help="time steps, e.g. 4,16,64,256")
     p.add_argument('--modes', default='train,inference')
@@ -345,7 +360,9 @@ def parse_args(argv=None):
     p.add_argument('--max-elements', type=int, default=2**26, help="skip isolated points with T*N above this")
     p.add_argument('--peak-memory', action='store_true', help="after the timings, record each isolated step's peak memory (CPU: a process per measurement, ~3 s each)")
     p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats")
-    p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it)")
+    p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it); never replaced "
+                   "unless --overwrite")
+    p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-bench output")
     args = p.parse_args(argv)
     for name in args.neurons.split(','):
         if name not in NEURONS: p.error(f"--neurons: unknown neuron {name!r}; choose from {', '.join(NEURONS)}")
@@ -356,8 +373,8 @@ def parse_args(argv=None):
     if args.warmup < 0: p.error("--warmup must be at least 0")
     if args.network_C < 1: p.error("--network-C must be positive")
     if args.max_elements < 1: p.error("--max-elements must be positive")
-    args.out = check_out_file(p, args.out)
-    if args.device.startswith('cuda') and not torch.cuda.is_available(): p.error(f"--device {args.device}: CUDA is not available here")
+    check_device(p, args.device)
+    args.out = check_out_file(p, args.out, args.overwrite)
     if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args
 

@@ -124,17 +124,26 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     from tqdm import tqdm
     from torch.utils.data import DataLoader
     from pttfs.train import (RunError, load_checkpoint, parse_schedule, decision_table, add_spike_counts, model_for,
-                             run_settings, autocast_for)
+                             run_settings, autocast_for, checked_settings, network_signature, MAX_T)
     from pttfs.data import load_dataset
     path = os.path.join(run_dir, 'last.pt')
     if not os.path.isdir(run_dir): raise RunError(f"{run_dir}: no such run folder")
     if not os.path.exists(path): raise RunError(f"{run_dir} holds no checkpoint (last.pt): is it a pttfs-train run folder?")
     state = load_checkpoint(path)
-    settings = state.get('settings') if isinstance(state, dict) else None
-    if not isinstance(settings, dict) or 'model' not in state: raise RunError(f"{path} is not a pttfs-train checkpoint")
-    T = T or parse_schedule(settings['schedule'])[-1][0]
+    if not isinstance(state, dict) or not isinstance(state.get('model'), dict): raise RunError(f"{path} is not a pttfs-train checkpoint")
+    settings = checked_settings(state.get('settings'), path)          # the command line's own checks, on the stored values
+    trained_T = parse_schedule(settings['schedule'])[-1][0]
+    T = trained_T if T is None else T
+    if not 1 <= T <= MAX_T: raise RunError(f"--T must be in 1..{MAX_T} (pttfs-train's bound), got {T}")
+    if settings['neuron'] == 'psn' and T != trained_T:
+        raise RunError(f"the run's PSN layers were built for T={trained_T} (their weights are T×T), so --T must be {trained_T}")
+    if decoder_threshold is not None and settings['neuron'] != 'amos':
+        raise RunError(f"the run's {settings['neuron']} baseline reads out by a linear layer, which has no decoder threshold; "
+                       f"leave --decoder-threshold out")
     threshold = settings['decoder_threshold'] if decoder_threshold is None else decoder_threshold
     model = model_for({**settings, 'decoder_threshold': threshold})
+    if state.get('network', network_signature(model)) != network_signature(model):
+        raise RunError(f"{path} holds another network than its settings describe (the file was edited)")
     try: model.load_state_dict(state['model'])
     except RuntimeError: raise RunError(f"{path} does not fit the network its settings describe") from None
     model.to(device).eval()
@@ -180,30 +189,37 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
 # %% ../nbs/14_evaluation.ipynb #90b8eaa7
 def eval_main(argv=None):
     "The `pttfs-eval` command."
-    from pttfs.train import OneLineParser, RunError, atomic_write
+    from pttfs.train import OneLineParser, RunError, atomic_write, check_device, default_device
     from pttfs.bench import check_out_file
     p = OneLineParser(prog='pttfs-eval', description="Evaluate a pttfs-train run on its test split, stopping each sample at its decision.")
     p.add_argument('run_dir', help="the run folder written by pttfs-train")
     p.add_argument('--T', type=int, default=None, help="time steps (default: the T of the run's last stage)")
     p.add_argument('--decoder-threshold', type=float, default=None, help="the decoder's V_th (default: the run's)")
     p.add_argument('--full', action='store_true', help="compute all T steps (no early exit)")
-    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--batch-size', type=int, default=256, help="test images per pass")
     p.add_argument('--data-dir', default='data', help="torchvision's root folder for the datasets")
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--out', default=None, help="the JSON to write (default: RUN_DIR/eval.json)")
+    p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument('--out', default=None, help="the JSON to write (default: RUN_DIR/eval.json); never replaced unless --overwrite")
+    p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-eval output")
     args = p.parse_args(argv)
-    if args.T is not None and args.T < 1: p.error(f"--T must be at least 1, got {args.T}")
-    if args.batch_size < 1: p.error(f"--batch-size must be positive, got {args.batch_size}")
+    from pttfs.train import MAX_T, MAX_BATCH
+    if args.T is not None and not 1 <= args.T <= MAX_T: p.error(f"--T must be in 1..{MAX_T}, got {args.T}")
+    if not 1 <= args.batch_size <= MAX_BATCH: p.error(f"--batch-size must be in 1..{MAX_BATCH}, got {args.batch_size}")
     if args.decoder_threshold is not None and not math.isfinite(args.decoder_threshold):
         p.error(f"--decoder-threshold must be a finite number, got {args.decoder_threshold}")
-    if args.device.startswith('cuda') and not torch.cuda.is_available(): p.error(f"--device {args.device}: CUDA is not available here")
+    check_device(p, args.device)
+    if not os.path.isdir(args.run_dir): p.error(f"{args.run_dir}: no such run folder")   # before --out's folder is made
+    out = check_out_file(p, args.out or os.path.join(args.run_dir, 'eval.json'), args.overwrite,   # before any work
+                         own=('run_dir', 'mode', 'test_accuracy'))
     try:
         result = evaluate_run(args.run_dir, args.T, args.decoder_threshold, args.full, args.batch_size, args.data_dir,
                               args.device, progress=sys.stderr.isatty())
     except RunError as e: p.error(str(e))
-    out = check_out_file(p, args.out or os.path.join(args.run_dir, 'eval.json'))
+    except KeyboardInterrupt: p.exit(130, "pttfs-eval: interrupted; nothing was written\n")
+    except OSError as e: p.error(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}")
     result['command'] = 'pttfs-eval ' + ' '.join(argv if argv is not None else sys.argv[1:])
     def write(tmp):
         with open(tmp, 'w') as f: json.dump(result, f, indent=1)
-    atomic_write(out, write)
+    try: atomic_write(out, write)
+    except OSError as e: p.error(f"cannot write {out}: {e.strerror or e}")
     print(json.dumps({k: result[k] for k in ('T', 'mode', 'test_accuracy', 'avg_timesteps', 'steps_computed', 'images_per_second')}))
