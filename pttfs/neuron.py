@@ -118,7 +118,7 @@ class AMOSLIF(nn.Module):
                 return_membrane: bool = None,  # override the constructor's `return_membrane`
                ):
         want_membrane = self.return_membrane if return_membrane is None else return_membrane
-        if self.store_v_seq and self.step_mode == 'm': want_membrane, return_membrane = True, want_membrane
+        keep_v_seq = self.store_v_seq and self.step_mode == 'm'
         if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
             spikes, membrane = self._continue(x.unsqueeze(0))
             spikes, membrane = spikes[0], membrane[0]
@@ -128,9 +128,8 @@ class AMOSLIF(nn.Module):
             spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
         else:
             spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
-                                                 backend=self.backend, return_membrane=want_membrane)
-        if self.store_v_seq and self.step_mode == 'm':
-            self.v_seq, want_membrane = membrane, return_membrane
+                                                 backend=self.backend, return_membrane=want_membrane or keep_v_seq)
+        if keep_v_seq: self.v_seq = membrane
         return (spikes, membrane) if want_membrane else spikes
 
     def _continue(self, x: Tensor) -> tuple:
