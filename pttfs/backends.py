@@ -23,7 +23,8 @@ def register_backend(name: str,  # the name users pass as `backend=`
                      devices=None,  # device types ('cpu', 'cuda') on which 'auto' may choose it; None: all
                     ):
     "Make `function` a backend of `amos_lif_parallel`; it receives x in float32/64, τ as a float or a tensor of x's dtype, autocast off."
-    PARALLEL_BACKENDS.pop(name, None)
+    # A name registered again (a chapter's notebook re-running its own registration) keeps its place in the order,
+    # so 'auto' does not start preferring, say, 'torch' over the compiled kernels in that process.
     PARALLEL_BACKENDS[name] = (function, supports, devices)
     _remembered_choices.clear()                 # a new backend can change what 'auto' picks
 
