@@ -50,12 +50,14 @@ def _cpu_signature() -> str:
 
 
 def _announce_build(name: str):
-    "One line on stderr when this build is not on disk yet: the first call waits for the compiler."
+    "One line on stderr when this build is not on disk yet: the first call waits for the compiler (said once per process)."
+    if _state.get('announced'): return
     try:
         from torch.utils.cpp_extension import _get_build_directory
         folder = _get_build_directory(name, False)
         if any(f.endswith('.so') for f in os.listdir(folder)): return
     except Exception: folder = 'torch extensions folder'
+    _state['announced'] = True
     print(f"pttfs: compiling the fused CPU kernel ({KERNEL_FILE.name}) into {folder}; this happens once per install "
           f"and takes about a minute", file=sys.stderr, flush=True)
 
