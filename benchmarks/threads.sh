@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Threads on a shared machine: a short Fashion-MNIST training run alone, beside a second one, and beside a busy
-# process, with one thread, two, and the default (--threads unset: the cores the load average leaves idle).
+# process, with one thread, two, and the default (--threads unset: torch's, one per core, since 2026-12-01; the stored
+# threads.txt measured a load-average rule there, since dropped: see benchmarks/README.md).
 # Usage: bash benchmarks/threads.sh DATA_DIR > benchmarks/threads.txt   (about 4 minutes on 2 cores)
 set -u
 data=${1:-../shared/data}

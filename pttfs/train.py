@@ -7,9 +7,8 @@ __all__ = ['MAX_T', 'MAX_EPOCHS', 'RUN_FILES', 'LOCK_FILE', 'RUN_KEYS', 'RECIPES
            'parse_schedule', 'epoch_stages', 'autocast_for', 'mixup_or_cutmix', 'train_epoch', 'decision_table',
            'add_spike_counts', 'evaluate', 'RunError', 'atomic_write', 'write_metrics', 'save_checkpoint',
            'load_checkpoint', 'check_out_path', 'RunFolder', 'run_settings', 'model_for', 'network_signature',
-           'OneLineParser', 'HelpFormatter', 'default_device', 'check_device', 'default_threads', 'new_run_folder',
-           'check_args', 'parse_args', 'checked_settings', 'setup_distributed', 'train', 'mark_stages', 'plot_run',
-           'main']
+           'OneLineParser', 'HelpFormatter', 'default_device', 'check_device', 'new_run_folder', 'check_args',
+           'parse_args', 'checked_settings', 'setup_distributed', 'train', 'mark_stages', 'plot_run', 'main']
 
 # %% ../nbs/13_train.ipynb #fa9f9d6e
 import argparse
@@ -330,14 +329,6 @@ def check_device(p: argparse.ArgumentParser, name: str) -> torch.device:
     return device
 
 
-def default_threads(own: int = 0,  # threads this process already runs: their share of the load is not "others"
-                   ) -> int:
-    "The cores that other processes leave idle (this process's cores less the 1-minute load average of the others), at least 1."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    others = (os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0) - own
-    return max(1, min(cores, round(cores - max(0.0, others))))
-
-
 def new_run_folder(dataset: str, root: str = 'runs') -> str:
     "runs/DATASET-YYYYmmdd-HHMMSS (then -2, -3, ... if taken): a second plain run never meets the first's folder."
     base = os.path.join(root, f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -396,8 +387,8 @@ def _build_parser() -> OneLineParser:
                    "and linear layers (neurons stay float32); default on for CUDA only " + _recipe('bf16'))
     p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
     p.add_argument('--workers', type=int, default=0, help="DataLoader worker processes")
-    p.add_argument('--threads', type=int, default=None, help="CPU threads of each process (default: the cores that "
-                   "other processes leave idle, by the load average; at least 1)")
+    p.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's, one per core); beside "
+                   "other busy processes, 1 is faster")
     p.add_argument('--out', default=None, help="the run's folder (default: a new runs/DATASET-DATE-TIME)")
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its last.pt (same flags)")
     p.add_argument('--stop-after', type=int, default=None, help="stop after this many epochs in all (resume later)")
@@ -657,12 +648,10 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     final = None
     for epoch in range(epochs_done, last_epoch):
         T = epochs[epoch]
-        if getattr(args, 'auto_threads', False) and epoch > epochs_done:   # after an epoch, the load shows our own threads
-            torch.set_num_threads(default_threads(own=torch.get_num_threads()))
         torch.manual_seed(args.seed * 100003 + epoch); random.seed(args.seed * 100003 + epoch)   # per epoch: resumable
         train_loader = _epoch_loader(args, train_set, epoch, rank, world_size)
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
-            row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'], threads=torch.get_num_threads())
+            row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])
             try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix))
             except FloatingPointError as e:
                 raise RunError(f"{e} in epoch {epoch + 1} (T={T}): training diverged, so it stops here; lower --lr "
@@ -756,9 +745,8 @@ def main(argv=None):
     "The `pttfs-train` command."
     args = parse_args(argv)
     args.epoch_lines = not sys.stderr.isatty()       # a log file, nohup or CI: one line per epoch instead of bars
-    args.auto_threads = args.threads is None          # then chosen again each epoch: a run started beside this one is seen
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads or default_threads())   # two runs with all cores each run slower than with one
+    if args.threads: torch.set_num_threads(args.threads)   # on a shared machine, --threads 1 (benchmarks/threads.txt)
     if getattr(args, 'default_out', False): print(f"pttfs-train: the run's folder is {args.out}", file=sys.stderr)
     try: summary = train(args)
     except RunError as e:

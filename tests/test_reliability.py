@@ -220,7 +220,7 @@ def test_eval_bounds_T_and_batch_size_and_checks_the_device(run, tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (['--batch-size', str(10**20)], ['--batch-size']), (['--seed', '9' * 20], ['--seed']), (['--seed', '-1'], ['--seed']),
-    (['--lr', '1e38'], ['--lr']), (['--device', 'meta'], ['--device']),
+    (['--lr', '1e38'], ['--lr']), (['--device', 'meta'], ['--device']), (['--threads', '0'], ['--threads']),
 ])
 def test_train_bounds_its_numbers(args, words, tmp_path):
     one_line_error(train_main(*TINY, '--schedule', '1:1', *args, '--out', str(tmp_path / 'r')), *words)
@@ -312,3 +312,10 @@ def test_plots_have_whole_epochs_and_readable_stage_labels(tmp_path):
     labels = [a for a in ax.texts]
     assert [a.get_text() for a in labels] == ['T=1', 'T=2', 'T=4'] and all(a.xy[1] >= 1.0 for a in labels)   # above the data
     assert pad > 10
+
+
+def test_threads_flag_is_used_and_the_process_left_as_found(tmp_path):
+    before = torch.get_num_threads()
+    assert train_main(*TINY, '--schedule', '1:1', '--threads', '1', '--out', str(tmp_path / 'r')).returncode == 0
+    assert json.loads((tmp_path / 'r' / 'summary.json').read_text())['threads'] == 1
+    assert torch.get_num_threads() == before
