@@ -1,7 +1,8 @@
 """Execute notebooks in place, top to bottom, like `jupyter nbconvert --execute --inplace`, but skip the cells
 marked `#| eval: false`, as nbdev does (nbconvert runs them: chapter 14's would retrain its ablations and rewrite
-benchmarks/ablation-*.json). Usage: python .ci/execute.py nbs/NAME.ipynb [...]"""
-import sys, nbformat
+benchmarks/ablation-*.json); then clean them as `nbdev_clean` does (no execution counts, no timing metadata), so
+that a committed notebook is what nbdev_clean leaves. Usage: python .ci/execute.py nbs/NAME.ipynb [...]"""
+import subprocess, sys, nbformat
 from nbclient import NotebookClient
 class SkippingClient(NotebookClient):
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
@@ -9,6 +10,7 @@ class SkippingClient(NotebookClient):
         return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
 for path in sys.argv[1:]:
     nb = nbformat.read(path, as_version=4)
-    SkippingClient(nb, timeout=1800, kernel_name='python3', resources={'metadata': {'path': 'nbs'}}).execute()
+    SkippingClient(nb, timeout=1800, kernel_name='python3', record_timing=False, resources={'metadata': {'path': 'nbs'}}).execute()
     nbformat.write(nb, path)
+    subprocess.run(['nbdev_clean', '--fname', path], check=True)   # nbdev's own cleaning and writer: a no-op later
     print('executed', path)
