@@ -1,8 +1,10 @@
 """Execute notebooks in place, top to bottom, like `jupyter nbconvert --execute --inplace`, but skip the cells
 marked `#| eval: false`, as nbdev does (nbconvert runs them: chapter 14's would retrain its ablations and rewrite
-benchmarks/ablation-*.json); then clean them as `nbdev_clean` does (no execution counts, no timing metadata), so
-that a committed notebook is what nbdev_clean leaves. Usage: python .ci/execute.py nbs/NAME.ipynb [...]"""
+benchmarks/ablation-*.json). Then clean each as `nbdev_clean` does (no execution counts, no timing metadata), so
+that a committed notebook is what nbdev_clean leaves, and refresh the review texts in nbs/text/ (.ci/texts.py).
+Usage: python .ci/execute.py nbs/NAME.ipynb [...]"""
 import subprocess, sys, nbformat
+from pathlib import Path
 from nbclient import NotebookClient
 class SkippingClient(NotebookClient):
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
@@ -14,3 +16,4 @@ for path in sys.argv[1:]:
     nbformat.write(nb, path)
     subprocess.run(['nbdev_clean', '--fname', path], check=True)   # nbdev's own cleaning and writer: a no-op later
     print('executed', path)
+subprocess.run([sys.executable, str(Path(__file__).with_name('texts.py')), 'write'], check=True)

@@ -17,6 +17,8 @@ for cell in nb.cells:
     cell.source = '\n'.join(l for l in cell.source.splitlines() if not l.startswith('#|')).strip('\n')
     cells.append(cell)
 nb.cells = cells
+# nbdev_clean keeps only the kernelspec, so the code fences' language comes from there (nbconvert reads language_info).
+nb.metadata.setdefault('language_info', {'name': nb.metadata.get('kernelspec', {}).get('language', 'python')})
 body, _ = MarkdownExporter().from_notebook_node(nb)
 text = "<!-- Generated from nbs/index.ipynb by `python .ci/readme.py`; do not edit by hand. -->\n\n" + body.strip() + "\n"
 readme = root / 'README.md'

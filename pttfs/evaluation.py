@@ -189,7 +189,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
 # %% ../nbs/14_evaluation.ipynb #90b8eaa7
 def eval_main(argv=None):
     "The `pttfs-eval` command."
-    from pttfs.train import OneLineParser, RunError, atomic_write, check_device, default_device
+    from pttfs.train import OneLineParser, RunError, atomic_write, check_device, default_device, MAX_T, MAX_BATCH
     from pttfs.bench import check_out_file
     p = OneLineParser(prog='pttfs-eval', description="Evaluate a pttfs-train run on its test split, stopping each sample at its decision.")
     p.add_argument('run_dir', help="the run folder written by pttfs-train")
@@ -202,7 +202,6 @@ def eval_main(argv=None):
     p.add_argument('--out', default=None, help="the JSON to write (default: RUN_DIR/eval.json); never replaced unless --overwrite")
     p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-eval output")
     args = p.parse_args(argv)
-    from pttfs.train import MAX_T, MAX_BATCH
     if args.T is not None and not 1 <= args.T <= MAX_T: p.error(f"--T must be in 1..{MAX_T}, got {args.T}")
     if not 1 <= args.batch_size <= MAX_BATCH: p.error(f"--batch-size must be in 1..{MAX_BATCH}, got {args.batch_size}")
     if args.decoder_threshold is not None and not math.isfinite(args.decoder_threshold):

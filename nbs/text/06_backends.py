@@ -1,0 +1,246 @@
+# %% [markdown]
+# # Backends
+#
+# > One neuron, several implementations: how `amos_lif_parallel` and `AMOSLIF` choose between the textbook code of chapters 2–4 and the compiled kernels of the next chapters, and what a new backend or a new surrogate must provide.
+
+# %%
+#| default_exp backends
+
+# %%
+#| export
+import warnings
+import torch
+from torch import Tensor
+from pttfs.surrogate import Sigmoid, ATan
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_ne, test_close, test_fail
+from nbdev.showdoc import show_doc
+
+# %% [markdown]
+# After this chapter you will know what `backend=` means in `amos_lif_parallel(x, ..., backend=...)` and
+# `AMOSLIF(backend=...)`, how `'auto'` picks one, and where to add a backend or a surrogate.
+#
+# ## Why more than one
+#
+# Chapter 4's `AMOSLIFFunction` is the textbook implementation, the `'torch'` backend: every equation is its own
+# PyTorch operation, easy to read and to check against the loop, but each one is a pass over `[T, *]` memory. The
+# next chapters write the same equations as compiled kernels that make one pass forward and one backward:
+# `'cpu-fused'` (C++, chapter 7) and `'triton'` (CUDA, chapter 9). They are checked against the same reference;
+# they differ only in speed and in what they accept (dtypes, surrogates, devices).
+#
+# A backend is a function
+# `(x, tau, v_threshold, surrogate, force_last, return_membrane) -> (spikes, membrane or None)` (for `'torch'`, chapter 4's
+# `AMOSLIFFunction` behind that signature), plus a `supports`
+# function that says why it cannot run a call ('' if it can), and the device types on which `'auto'` may choose it.
+
+# %%
+#| export
+PARALLEL_BACKENDS = {}  # name -> (function, supports, devices); 'auto' tries them newest first
+_remembered_choices = {}  # for a float τ: (device type, dtype, T ≥ 2^31, surrogate type, backend) -> backend name
+_warned_fallback = set()  # backends whose failed build has been reported
+
+def register_backend(name: str,  # the name users pass as `backend=`
+                     function,  # (x, tau, v_threshold, surrogate, force_last, return_membrane) -> (spikes, membrane or None); tau a float or a tensor
+                     supports=lambda x, tau, surrogate: '',  # '' if it can run this call, else why not ("unavailable: ..." if it failed to load); with a float τ, remembered per x device, dtype, T ≥ 2^31 and surrogate type
+                     devices=None,  # device types ('cpu', 'cuda') on which 'auto' may choose it; None: all
+                    ):
+    "Make `function` a backend of `amos_lif_parallel`; it receives x in float32/64, τ as a float or a tensor of x's dtype, autocast off."
+    # A name registered again (a chapter's notebook re-running its own registration) keeps its place in the order,
+    # so 'auto' does not start preferring, say, 'torch' over the compiled kernels in that process.
+    PARALLEL_BACKENDS[name] = (function, supports, devices)
+    _remembered_choices.clear()                 # a new backend can change what 'auto' picks
+
+
+# %% [markdown]
+# ## Choosing
+#
+# `'auto'` takes the most recently registered backend that can run the call on its own devices, so a CPU tensor
+# gets the fused kernel when it built and `'torch'` otherwise. A backend asked for by name runs if it can; if it
+# cannot run this call (a dtype it does not take, say) that is an error, but if it failed to *build* (no compiler)
+# the call falls back to the next available backend, with one warning.
+#
+# With a single float τ the answer depends only on the input's device, dtype and length and on the surrogate's
+# type, so it is worked out once per such combination and remembered: a neuron layer is called thousands of times
+# with the same ones, and the full choice costs about 1.5 µs of a call of about 10 µs. Registering a backend forgets
+# the remembered choices.
+
+# %%
+#| export
+def choose_backend(x: Tensor, tau, surrogate, backend: str = 'auto') -> str:
+    "The backend that runs this call: the newest that supports it for 'auto'; `backend` itself if it can run it."
+    key = None if isinstance(tau, Tensor) else (x.device.type, x.dtype, x.shape[0] >= 2**31, type(surrogate), backend)
+    name = _remembered_choices.get(key)
+    if name is None or name not in PARALLEL_BACKENDS:
+        name = _choose_backend(x, tau, surrogate, backend)
+        devices = PARALLEL_BACKENDS[name][2]
+        # A backend run off its own devices (Triton on the CPU under TRITON_INTERPRET, for tests) is not remembered.
+        if key is not None and (devices is None or x.device.type in devices): _remembered_choices[key] = name
+    return name
+
+def _choose_backend(x: Tensor, tau, surrogate, backend: str) -> str:
+    if backend != 'auto' and backend not in PARALLEL_BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {list(PARALLEL_BACKENDS)}, got {backend!r}")
+    if backend != 'auto':
+        reason = PARALLEL_BACKENDS[backend][1](x, tau, surrogate)
+        if not reason: return backend
+        if not reason.startswith('unavailable'): raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
+        if backend not in _warned_fallback:       # a backend that failed to build falls back, said once
+            _warned_fallback.add(backend)
+            warnings.warn(f"pttfs: backend {backend!r} is {reason}; falling back to the next available backend")
+    for name in reversed(PARALLEL_BACKENDS):
+        _, supports, devices = PARALLEL_BACKENDS[name]
+        if (devices is None or x.device.type in devices) and not supports(x, tau, surrogate): return name
+    return 'torch'
+
+
+def backend_function(x: Tensor,  # the input, already in float32/64
+                     tau,  # a float, or a tensor
+                     v_threshold,  # a float, or a tensor (per neuron, or learnable)
+                     surrogate, backend: str = 'auto'):
+    "The function that runs this call of `amos_lif_parallel`: a threshold tensor runs on 'torch', the only backend that takes one."
+    if isinstance(v_threshold, Tensor):
+        if backend not in ('auto', 'torch'):
+            raise ValueError(f"backend {backend!r} takes one fixed threshold; a threshold tensor (per neuron, or one that "
+                             f"requires grad) runs on backend 'torch' (or 'auto')")
+        return PARALLEL_BACKENDS['torch'][0]
+    return PARALLEL_BACKENDS[choose_backend(x, tau, surrogate, backend)][0]
+
+
+# %%
+show_doc(register_backend)
+
+# %% [markdown]
+# Remembering the choice must not make it stale. Expected: the newest backend that runs on the CPU (`'cpu-fused'`
+# where it builds, else `'torch'`); then a stand-in backend that claims every call is picked as soon as it is
+# registered; once removed, the first answer again. A backend asked for by name that cannot run the call is an
+# error that says why:
+
+# %%
+# The registry the package fills on import ('torch' from chapter 4, then the compiled backends), not this notebook's empty copy:
+from pttfs.backends import PARALLEL_BACKENDS, _remembered_choices, register_backend, choose_backend, backend_function
+x = torch.randn(4, 3)
+before = choose_backend(x, 2.0, Sigmoid())
+register_backend('claims-all', lambda *args: None)           # never called here: only chosen
+test_eq(choose_backend(x, 2.0, Sigmoid()), 'claims-all')
+PARALLEL_BACKENDS.pop('claims-all'); _remembered_choices.clear()
+test_eq(choose_backend(x, 2.0, Sigmoid()), before)
+test_eq(before in ('cpu-fused', 'torch'), True)
+register_backend('torch', *PARALLEL_BACKENDS['torch'])       # what chapter 4's notebook does when it runs again
+test_eq(choose_backend(x, 2.0, Sigmoid()), before)           # a name registered again keeps its place
+test_fail(lambda: choose_backend(x, 2.0, lambda u: (u >= 0).float(), backend='cpu-fused'), exc=ValueError, contains='surrogate')
+test_fail(lambda: backend_function(x, 2.0, torch.tensor(1.0), Sigmoid(), 'cpu-fused'), exc=ValueError, contains='threshold')
+print("registered:", list(PARALLEL_BACKENDS), "| auto on a CPU float32 tensor:", before in ('cpu-fused', 'torch'))
+
+
+# %% [markdown]
+# ## The fixed τ as a number
+#
+# `AMOSLIF` (chapter 5) hands the backends a fixed τ as a Python number, which they check and use more cheaply than
+# a tensor. A fixed τ is read from its buffer as a number once and remembered until the buffer changes (a `.item()`
+# on every call costs a microsecond, and on a GPU a synchronisation). Loading a state dict or writing the buffer
+# in place must still take effect. Expected: fewer neurons reach the threshold once τ goes from 2 to 8 (the membrane charges more slowly), and every
+# later output matches a fresh neuron with the new τ:
+
+# %%
+#| export
+def fixed_tau_number(neuron) -> float:
+    "`neuron.tau_fixed` as a number, read from the buffer only when it changed: `.item()` costs ~1 µs, and a sync on a GPU."
+    tau = neuron.tau_fixed
+    if tau.is_inference(): return tau.item()                    # made under inference_mode: no version counter
+    cached = neuron.__dict__.get('_tau_number')                 # (the buffer, its version, the number)
+    if cached is None or cached[0] is not tau or cached[1] != tau._version:   # replaced (.to, .double) or written in place
+        cached = neuron.__dict__['_tau_number'] = (tau, tau._version, tau.item())
+    return cached[2]
+
+
+# %%
+from pttfs.neuron import AMOSLIF
+torch.manual_seed(0)
+x = 1 + torch.randn(16, 32)
+neuron, slow = AMOSLIF(tau=2.0, step_mode='m'), AMOSLIF(tau=8.0, step_mode='m')
+before = neuron(x)                                          # τ = 2 read and remembered
+neuron.load_state_dict(slow.state_dict())                   # copies 8 into the same buffer, in place
+after = neuron(x)
+print(f"neurons that fired in {len(x)} steps: tau=2 {before.sum():.0f} of 32, after loading tau=8 {after.sum():.0f} of 32")
+test_ne(before, after)
+test_eq(after, slow(x))
+with torch.no_grad(): neuron.tau_fixed.fill_(2.0)
+test_eq(neuron(x), before)
+test_eq(neuron.double()(x.double()), before.double())      # .double() makes a new buffer
+with torch.inference_mode(): test_eq(AMOSLIF(tau=8.0, step_mode='m')(x), after)   # a buffer made under inference_mode has no version
+
+# %% [markdown]
+# ## What the compiled kernels share
+#
+# Both compiled backends take the same inputs in the same form: `[T, N]` views of contiguous tensors, τ as one number
+# or one value per neuron, the upstream gradient of a sum read as one number, and a surrogate they know by a small
+# integer. These helpers are shared by chapter 7's C++ and chapter 9's Triton backends:
+
+# %%
+#| export
+_SURROGATE_KIND = {Sigmoid: 0, ATan: 1}     # the surrogates whose Θ' the kernels compute themselves
+_EMPTY_OF = {torch.float32: torch.empty(0), torch.float64: torch.empty(0, dtype=torch.float64)}  # "none" / "one τ"
+
+def kernel_limits(x: Tensor, surrogate) -> str:
+    "'' if a compiled kernel (C++ or Triton) can take x and the surrogate, else why not."
+    if x.dtype not in (torch.float32, torch.float64): return f"dtype {x.dtype} (float32 and float64 only)"
+    if type(surrogate) not in _SURROGATE_KIND: return f"surrogate {surrogate!r} (only Sigmoid and ATan have a fused derivative)"
+    if x.shape[0] >= 2**31: return "T >= 2^31"
+    return ''
+
+def flat_tau(tau, x: Tensor) -> tuple:
+    "τ for a kernel: (a contiguous [N] tensor, 0.0) for one τ per neuron, or (None, the number) for a single τ."
+    if isinstance(tau, Tensor) and tau.numel() > 1: return tau.expand(x.shape[1:]).reshape(-1).contiguous(), 0.0
+    return None, float(tau)
+
+def compact_grad(grad: Tensor) -> Tensor:
+    "The upstream gradient for a kernel: a 1-element view if it is one number broadcast (the gradient of a sum), else contiguous."
+    if grad.numel() == 1 or all(stride == 0 for stride in grad.stride()): return grad.as_strided((1,), (1,))
+    return grad.contiguous()
+
+def reduce_tau_grad(per_neuron_grad: Tensor, step_shape, tau_shape) -> Tensor:
+    "Sum a kernel's per-neuron τ gradient down to τ's own shape."
+    return per_neuron_grad.view(step_shape).sum_to_size(tau_shape) if len(tau_shape) else per_neuron_grad.sum()
+
+
+# %%
+x = torch.randn(5, 2, 3)
+test_eq(kernel_limits(x, Sigmoid()), '')
+test_eq('dtype' in kernel_limits(x.half(), Sigmoid()), True)
+test_eq(flat_tau(2.0, x), (None, 2.0))
+test_eq(flat_tau(torch.tensor([2.0, 3.0, 4.0]), x)[0], torch.tensor([2.0, 3.0, 4.0]).repeat(2))
+test_eq(compact_grad(torch.ones(()).expand(5, 2, 3)).shape, (1,))
+test_eq(reduce_tau_grad(torch.ones(6), (2, 3), (3,)), torch.full((3,), 2.0))
+
+# %% [markdown]
+# ## Adding a backend, adding a surrogate
+#
+# A **backend** is one `register_backend(name, function, supports, devices)` call in the module that defines it; the
+# last one registered is tried first by `'auto'`, and the checks of chapter 4 (`compare_with_reference(...,
+# backend=name)`) tell whether it is exact.
+#
+# A **surrogate** (chapter 0: a class with `__call__` and `derivative`) works at once on the `'torch'` backend, which
+# calls `surrogate_derivative`. The compiled backends compute $\Theta'$ themselves, so for them it takes one place per
+# backend:
+#
+# | backend | where | what |
+# |---|---|---|
+# | all compiled ones | `_SURROGATE_KIND` above | the class and its number |
+# | `'cpu-fused'` | `theta_prime` in `pttfs/csrc/amos_lif.cpp` (chapter 7) | a branch for the new number |
+# | `'triton'` | `_backward_kernel` in `pttfs/triton_kernels.py` (chapter 9) | the `KIND` branch that computes `theta_prime` |
+#
+# A surrogate missing from `_SURROGATE_KIND` is not an error: `kernel_limits` says so, and `'auto'` runs it on
+# `'torch'`.
+#
+# ## Summary
+# `register_backend` adds an implementation of the neuron, `choose_backend` picks one per call (remembered for a
+# float τ), and `backend_function` is what `amos_lif_parallel` calls. `fixed_tau_number` gives `AMOSLIF`'s fixed τ
+# as a number without a `.item()` per call. The compiled backends share the helpers above, and a new surrogate
+# needs one entry in `_SURROGATE_KIND` and one branch in each kernel.
+
+# %%
+#| hide
+# NBVAL_SKIP
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,836 @@
+# %% [markdown]
+# # Speed: the benchmark
+#
+# > Our CPU analogue of the paper's Figs. 3–4: the isolated neuron over N × T and the full CIFAR network, in training and inference mode, against SpikingJelly's LIF and PSN neurons measured in the same process. `pttfs-bench` is the command line.
+
+# %% [markdown]
+# After this chapter you can time our neuron against SpikingJelly's LIF and PSN with `pttfs-bench`, read the stored results, and tell the limits of the machine from those of the code.
+
+# %%
+#| default_exp bench
+
+# %%
+#| export
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import torch
+from torch import nn, Tensor
+from pttfs.neuron import AMOSLIF
+from pttfs.models import cifar_net
+from pttfs.train import OneLineParser, atomic_write, check_device, default_device
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_close, test_fail
+from nbdev.showdoc import show_doc
+
+
+# %% [markdown]
+# ## Method
+#
+# First, what the comparison measures. On the CPU our neuron runs the fused kernel of chapter 7: one lane per neuron,
+# sequential over $t$, computing the closed forms of chapters 2–4 in one pass forward and one backward. The ratios
+# below therefore measure fusion and the closed-form backward against SpikingJelly's implementations, not a
+# time-parallel scan; at the sizes here, $N \gg T$, the neurons alone fill the cores. The paper's Figs. 3–4 were
+# measured on GPUs; these are CPU numbers, our analogue of them.
+#
+# We follow the PSN paper's protocol, which the AMOS paper reuses, as SpikingJelly's own benchmarks code it: a
+# neuron layer alone on input `[T, N]` (N neurons, T steps), in **training mode** (forward, backward of the sum of
+# the output spikes into the input's gradient, then `x.grad.zero_()`, all inside the timed call; the input is one
+# leaf that requires grad, made once) and in **inference mode** (forward under `torch.no_grad()`); and the whole
+# CIFAR network of the PSN paper with each neuron in turn. The input is not cloned inside the timed call: a fresh leaf per call would cost every neuron the
+# same time and shrink the ratios at large sizes, where touching fresh memory dominates (each stored run records
+# this step as its `protocol`).
+# Every timing is the median of `repeats` calls after `warmup` calls, with a CUDA synchronisation around each call on a GPU. The peers run in the same process, on
+# the same inputs, one after the other at each point of the sweep, so that ratios are measured side by side:
+#
+# | name | what |
+# |---|---|
+# | `amos` | `AMOSLIF`, backend `'auto'` (the fused kernel on CPU when it builds) |
+# | `amos-torch` | `AMOSLIF`, the textbook backend of chapter 4 |
+# | `amos-sequential` | the BPTT reference of chapter 1 (only where it is quick enough) |
+# | `sj-lif` | SpikingJelly 2.0 `neuron.LIFNode(tau=2.0, step_mode='m')` |
+# | `sj-psn` | SpikingJelly 2.0 `neuron.PSN(T)` |
+#
+# SpikingJelly is an optional extra: `pip install "pttfs[bench]"`. Without it the SJ rows are skipped.
+
+# %%
+#| export
+def spikingjelly_neuron(name: str, T: int):
+    "SpikingJelly's LIF (`'sj-lif'`) or PSN (`'sj-psn'`) for T steps, or None if SpikingJelly is not installed."
+    try: from spikingjelly.activation_based import neuron
+    except ImportError: return None
+    if name == 'sj-lif': return neuron.LIFNode(tau=2.0, step_mode='m')
+    if name == 'sj-psn': return neuron.PSN(T=T)
+    raise ValueError(f"unknown SpikingJelly neuron {name!r}")
+
+
+NEURONS = ('amos', 'amos-torch', 'amos-sequential', 'sj-lif', 'sj-psn')
+
+def make_neuron(name,  # one of NEURONS, or a dict of `AMOSLIF` keyword arguments
+                T: int,  # time steps (PSN's weight is T x T)
+               ) -> nn.Module:
+    "A neuron layer for multi-step input [T, *] by name (or `AMOSLIF(**name)` for a dict); None if its package is missing."
+    if isinstance(name, dict): return AMOSLIF(**{'step_mode': 'm', **name})
+    if name == 'amos': return AMOSLIF(tau=2.0, step_mode='m')
+    if name == 'amos-torch': return AMOSLIF(tau=2.0, backend='torch', step_mode='m')
+    if name == 'amos-sequential': return AMOSLIF(tau=2.0, backend='sequential', step_mode='m')
+    if name in ('sj-lif', 'sj-psn'): return spikingjelly_neuron(name, T)
+    raise ValueError(f"neuron must be one of {NEURONS}, got {name!r}")
+
+
+def reset_state(module: nn.Module):
+    "Reset SpikingJelly's stateful neurons (LIF keeps its membrane between calls); ours keep no state."
+    try: from spikingjelly.activation_based.base import MemoryModule
+    except ImportError: return
+    for m in module.modules():
+        if isinstance(m, MemoryModule): m.reset()
+
+
+# %%
+#| export
+def median_ms(fn,  # the call to time
+              warmup: int = 3,  # untimed calls first (allocations, kernel builds, caches)
+              repeats: int = 15,  # timed calls; the median is reported
+              device: str = 'cpu',
+             ) -> float:
+    "Median wall time of `fn()` in milliseconds; synchronises CUDA around every call."
+    sync = torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
+    for _ in range(warmup): fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter(); fn(); sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def saved_tensor_bytes(fn, exclude=()) -> int:
+    "Bytes of distinct storages that autograd saves for the backward while `fn()` runs (its activation memory)."
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    seen = {}
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded: seen[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+# %% [markdown]
+# A check of the memory probe on a case we can count by hand: `x * y` saves both operands (2 × 4 kB), and
+# `torch.sin(x)` saves `x`, which we exclude:
+
+# %%
+x, y = torch.randn(1000, requires_grad=True), torch.randn(1000, requires_grad=True)
+test_eq(saved_tensor_bytes(lambda: x * y), 8000)
+test_eq(saved_tensor_bytes(lambda: torch.sin(x), exclude=[x]), 0)
+print(saved_tensor_bytes(lambda: x * y), saved_tensor_bytes(lambda: torch.sin(x), exclude=[x]))
+
+# %% [markdown]
+# ## The isolated neuron
+
+# %%
+#| export
+TRAIN_PROTOCOL = 'one leaf, x.grad zeroed in the call'    # stored with every result (see Method)
+
+def neuron_step(neuron: nn.Module,
+                x: Tensor,  # [T, N]; in 'train' a leaf that requires grad
+                mode: str):
+    "One call in `mode`: 'train' (forward, backward of the sum of the spikes into `x.grad`, which is then zeroed) or 'inference' (no_grad)."
+    reset_state(neuron)
+    if mode == 'inference':
+        with torch.no_grad(): return neuron(x)
+    if not (x.is_leaf and x.requires_grad): raise ValueError("neuron_step(mode='train') needs x to be a leaf that requires grad")
+    out = neuron(x)
+    out.sum().backward()
+    x.grad.zero_()                                  # SpikingJelly's own benchmark does the same, inside the timed call
+    return out
+
+
+def isolated_neuron_benchmark(Ns=(2**10, 2**14, 2**18),  # neuron counts
+                              Ts=(4, 16, 64, 256),  # time steps
+                              modes=('train', 'inference'),
+                              neurons=('amos', 'sj-lif', 'sj-psn'),  # names from NEURONS
+                              device: str = 'cpu',
+                              warmup: int = 3, repeats: int = 15,
+                              max_elements: int = 2**26,  # skip points with T·N above this (memory, time)
+                              sequential_max_elements: int = 2**20,  # the Python-loop reference only below this
+                              progress=None,  # a callable(description) called before each point, or None
+                              rounds: int = 1,  # measure the neurons of a point in turn this many times; report the median
+                             ) -> list:
+    "Median times (ms) and saved-activation bytes for every (N, T, mode, neuron); one dict per measurement."
+    records = []
+    for N in Ns:
+        for T in Ts:
+            if T * N > max_elements: continue
+            x = torch.randn(T, N, device=device, requires_grad='train' in modes)
+            layers = {name: make_neuron(name, T) for name in neurons
+                      if not (name == 'amos-sequential' and T * N > sequential_max_elements)}
+            layers = {name: neuron.to(device) for name, neuron in layers.items() if neuron is not None}
+            for mode in modes:
+                # Rounds interleave the neurons (A B C A B C ...), so that a slow spell of a noisy machine falls on
+                # all of them rather than on one: the ratios are what the targets are about.
+                times = {name: [] for name in layers}
+                for round_ in range(rounds):
+                    for name, neuron in layers.items():
+                        if progress: progress(f"N=2^{int(math.log2(N))} T={T} {name} {mode} ({round_ + 1}/{rounds})")
+                        times[name].append(median_ms(lambda: neuron_step(neuron, x, mode), warmup, repeats, device))
+                for name, neuron in layers.items():
+                    record = dict(N=N, T=T, mode=mode, neuron=name, ms=statistics.median(times[name]))
+                    if rounds > 1: record['ms_rounds'] = times[name]
+                    if mode == 'train':
+                        reset_state(neuron)
+                        record['saved_bytes'] = saved_tensor_bytes(lambda: neuron(x), exclude=[x])
+                    records.append(record)
+    return records
+
+
+# %% [markdown]
+# The training step leaves `x.grad` zeroed, and it refuses an input it cannot take the gradient of:
+#
+
+# %%
+x = torch.randn(8, 64, requires_grad=True)
+neuron_step(AMOSLIF(step_mode='m'), x, 'train')
+test_eq(x.grad.abs().sum().item(), 0.0)           # the gradient was written, then zeroed, as the protocol says
+test_fail(lambda: neuron_step(AMOSLIF(step_mode='m'), torch.randn(8, 64), 'train'), exc=ValueError, contains='leaf')
+
+# %% [markdown]
+# Saved tensors are what a layer adds to a network's activation memory, but a step's **peak** also holds its
+# fresh outputs: $S$, and in training $\partial\mathcal L/\partial X$. We measure the peak of
+# one `neuron_step` above what was in use before it (the input $X$ counted out). On a GPU, PyTorch's caching
+# allocator counts it for us (`torch.cuda.max_memory_allocated`). On the CPU nothing does, so each measurement
+# runs in a fresh Linux process that tells glibc to give every block of 64 KiB or more its own mapping and to
+# return freed memory at once (`mallopt`), so that its resident size follows the live tensors; it resets the
+# resident high-water mark (`/proc/self/clear_refs`), runs the step, and reads `VmHWM`. A first, unmeasured step
+# builds kernels and lazy state.
+#
+
+# %%
+#| export
+_PEAK_CHILD = r"""
+import ctypes, gc, json, re, sys
+libc = ctypes.CDLL('libc.so.6')
+libc.mallopt(-3, 1 << 16)      # M_MMAP_THRESHOLD: every block of 64 KiB or more is its own mapping ...
+libc.mallopt(-1, 0)            # M_TRIM_THRESHOLD: ... and freed memory goes back at once, so RSS follows live tensors
+import torch
+from pttfs.bench import make_neuron, neuron_step
+spec, T, N, mode = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+neuron = make_neuron(spec, T)
+def status(key): return int(re.search(key + r':\s+(\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+if neuron is None: print('null'); sys.exit()
+x = torch.randn(T, N, requires_grad=True)
+neuron_step(neuron, x, mode)                       # unmeasured: kernel build, lazy state
+gc.collect()
+before = status('VmRSS')
+try:
+    with open('/proc/self/clear_refs', 'w') as f: f.write('5')    # VmHWM := VmRSS
+except OSError: print('null'); sys.exit()
+neuron_step(neuron, x, mode)
+print(status('VmHWM') - before)
+"""
+
+def peak_memory_bytes(neuron,  # a name in NEURONS, or a dict of `AMOSLIF` keyword arguments
+                      T: int, N: int,  # the input is [T, N] float32
+                      mode: str = 'train',  # as in `neuron_step`
+                      device: str = 'cpu',
+                      timeout: float = 600,  # seconds for the CPU measurement's process
+                     ):
+    "Peak memory (bytes) of one `neuron_step` above what was in use before it; None if the neuron or the measurement is unavailable."
+    if str(device).startswith('cuda'):
+        layer = make_neuron(neuron, T)
+        if layer is None: return None
+        layer, x = layer.to(device), torch.randn(T, N, device=device, requires_grad=True)
+        neuron_step(layer, x, mode); torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device); torch.cuda.reset_peak_memory_stats(device)
+        neuron_step(layer, x, mode); torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not sys.platform.startswith('linux'): return None          # mallopt, /proc: glibc on Linux only
+    result = subprocess.run([sys.executable, '-c', _PEAK_CHILD, json.dumps(neuron), str(T), str(N), mode],
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"peak memory of {neuron!r} at T={T}, N={N} failed: {result.stderr.strip()[-1000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def add_peak_memory(records: list,  # from `isolated_neuron_benchmark`
+                    device: str = 'cpu', progress=None):
+    "Add `peak_bytes` to every record. Run it after all timings: its processes allocate and free gigabytes, and a run that interleaved them with timings gave erratic times for large outputs."
+    for record in records:
+        if progress: progress(f"peak memory N=2^{int(math.log2(record['N']))} T={record['T']} {record['neuron']} {record['mode']}")
+        record['peak_bytes'] = peak_memory_bytes(record['neuron'], record['T'], record['N'], record['mode'], device)
+    return records
+
+
+# %%
+show_doc(peak_memory_bytes)
+
+# %% [markdown]
+# ## The full network
+#
+# The CIFAR network of the PSN paper (Fang et al. 2023b), which the AMOS paper reuses for Fig. 4: three
+# `Conv3×3 → BN → neuron` blocks, average pooling, three more, average pooling, then
+# `Flatten → Linear(C·64 → C·16) → neuron → Linear(C·16 → classes)`. Convolutions see the time steps as extra
+# batch: `[T, B, ...]` is flattened to `[T·B, ...]` around every stateless layer. `C = 256` is the paper's width;
+# on a CPU we use a narrower one. The network itself is `pttfs.models.cifar_net` (chapter 12), here with a plain
+# linear read-out and each neuron in turn. This chapter reaches forward for it on purpose: the network belongs with
+# the other models, and timing the neuron inside a network belongs here, next to the kernels being timed. The same
+# goes for the command-line helpers it shares with `pttfs-train` (one-line errors, `atomic_write`, chapter 13).
+# Neither of those chapters imports this one, so the forward reference makes no cycle.
+
+# %%
+net = cifar_net(lambda: AMOSLIF(step_mode='m'), channels=8)
+print(net(torch.randn(4, 2, 3, 32, 32)).shape, f"| parameters at C=256: {sum(p.numel() for p in cifar_net(AMOSLIF).parameters()) / 1e6:.2f}M")
+test_eq(net(torch.randn(4, 2, 3, 32, 32)).shape, (4, 2, 10))
+
+
+# %% [markdown]
+#
+
+# %%
+#| export
+def network_benchmark(Ts=(4,), Bs=(16,), channels: int = 32, neurons=('amos', 'sj-lif', 'sj-psn'),
+                      modes=('train', 'inference'), device: str = 'cpu', warmup: int = 2, repeats: int = 5,
+                      progress=None) -> list:
+    "Median times (ms) of the CIFAR network on [T, B, 3, 32, 32] with each neuron, forward+backward or inference."
+    records = []
+    for T in Ts:
+        for B in Bs:
+            x = torch.randn(T, B, 3, 32, 32, device=device)
+            for name in neurons:
+                if make_neuron(name, T) is None: continue
+                torch.manual_seed(0)
+                net = cifar_net(lambda: make_neuron(name, T), channels).to(device)
+                for mode in modes:
+                    if progress: progress(f"network T={T} B={B} C={channels} {name} {mode}")
+                    net.train(mode == 'train')
+                    def step():
+                        reset_state(net)
+                        if mode == 'inference':
+                            with torch.no_grad(): return net(x)
+                        net.zero_grad(set_to_none=True)
+                        net(x).sum().backward()
+                    records.append(dict(T=T, B=B, C=channels, mode=mode, neuron=name,
+                                        ms=median_ms(step, warmup, repeats, device)))
+    return records
+
+
+# %% [markdown]
+# ## Machine, ratios, figures
+
+# %%
+#| export
+def describe_machine(device: str = 'cpu') -> dict:
+    "What the numbers were measured on."
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, device=str(device),
+                environment={k: v for k, v in os.environ.items()         # what changes threads, kernels, the allocator
+                             if k in ('OMP_NUM_THREADS', 'THP_MEM_ALLOC_ENABLE', 'PTTFS_DISABLE_FUSED', 'LD_PRELOAD') or k.startswith('MALLOC_')})
+    try:
+        import spikingjelly; info['spikingjelly'] = getattr(spikingjelly, '__version__', 'installed')
+    except ImportError: info['spikingjelly'] = None
+    try:
+        with open('/proc/cpuinfo') as f:
+            info['cpu_model'] = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+    except OSError: pass
+    if str(device).startswith('cuda') and torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def memory_rates(device: str = 'cpu', mib: int = 256, repeats: int = 5) -> dict:
+    "Memory speeds in GB/s for the roofline: a copy between warm buffers (bytes read + written), and allocate-and-fill of a fresh buffer."
+    n = mib * 2**20 // 4
+    source, target = torch.ones(n, device=device), torch.empty(n, device=device)
+    target.copy_(source)
+    copy_ms = median_ms(lambda: target.copy_(source), 1, repeats, device)
+    fresh_ms = median_ms(lambda: torch.empty(n, device=device).fill_(1.0), 1, repeats, device)   # page faults included
+    return dict(buffer_mib=mib, copy_GBps=round(2 * 4 * n / copy_ms / 1e6, 1), first_touch_GBps=round(4 * n / fresh_ms / 1e6, 1))
+
+
+def ratios(records: list, reference: str = 'amos', keys=('N', 'T', 'mode')) -> list:
+    "For every point, each neuron's time divided by the reference's: > 1 means the reference is faster."
+    table = {}
+    for r in records: table.setdefault(tuple(r[k] for k in keys), {})[r['neuron']] = r['ms']
+    out = []
+    for point, times in sorted(table.items()):
+        if reference not in times: continue
+        row = dict(zip(keys, point))
+        row.update({f"{name}/{reference}": ms / times[reference] for name, ms in times.items() if name != reference})
+        out.append(row)
+    return out
+
+
+# %%
+records = [dict(N=1024, T=4, mode='train', neuron='amos', ms=0.25), dict(N=1024, T=4, mode='train', neuron='sj-lif', ms=1.75)]
+print(ratios(records))
+test_close(ratios(records)[0]['sj-lif/amos'], 7.0, eps=1e-9)
+
+# %%
+rates = memory_rates(mib=16, repeats=2)       # speeds vary from run to run: checked, not printed
+test_eq(set(rates), {'buffer_mib', 'copy_GBps', 'first_touch_GBps'})
+test_eq(rates['copy_GBps'] > 0 and rates['first_touch_GBps'] > 0, True)
+
+
+# %%
+#| export
+def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isolated'):
+    "Figs. 3–4 style: heatmaps of LIF/AMOS and PSN/AMOS time ratios over (N or B) × T, and absolute times along T."
+    import matplotlib; import matplotlib.pyplot as plt
+    # Fig. 3: rows are neuron counts N, the absolute times at the smallest N; Fig. 4: rows are batch sizes B, the
+    # absolute times at B = 16 (the paper's 4c) when it was measured.
+    row_key, row_label = ('N', lambda n: f"$2^{{{int(math.log2(n))}}}$") if part == 'isolated' else ('B', str)
+    records = [r for r in result[part] if r['mode'] == mode]
+    rows, Ts = sorted({r[row_key] for r in records}), sorted({r['T'] for r in records})
+    table = ratios(records, keys=(row_key, 'T', 'mode'))
+    peers = [p for p in ('sj-lif', 'sj-psn') if any(f"{p}/amos" in r for r in table)]
+    fig, axes = plt.subplots(1, len(peers) + 1, figsize=(4.2 * (len(peers) + 1), 3.6))
+    axes = list(axes) if len(peers) else [axes]
+    for ax, peer in zip(axes, peers):
+        grid = [[next((r[f"{peer}/amos"] for r in table if r[row_key] == v and r['T'] == T and f"{peer}/amos" in r), float('nan'))
+                 for T in Ts] for v in rows]
+        ax.imshow(grid, cmap='viridis', origin='lower', aspect='auto')
+        for i, v in enumerate(rows):
+            for j, T in enumerate(Ts):
+                if not math.isnan(grid[i][j]): ax.text(j, i, f"{grid[i][j]:.1f}", ha='center', va='center', color='w', fontsize=8)
+        ax.set_xticks(range(len(Ts)), [str(T) for T in Ts]); ax.set_yticks(range(len(rows)), [row_label(v) for v in rows])
+        ax.set_xlabel('T'); ax.set_ylabel(row_key); ax.set_title(f"{peer} time / AMOS time ({mode})")
+    ax = axes[-1]
+    fixed = 16 if part == 'network' and 16 in rows else rows[0]
+    for name in sorted({r['neuron'] for r in records}):
+        points = sorted((r['T'], r['ms']) for r in records if r['neuron'] == name and r[row_key] == fixed)
+        if points: ax.plot(*zip(*points), 'o-', label=name)
+    ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('T'); ax.set_ylabel('ms')
+    what = 'network' if part == 'network' else 'neuron'
+    ax.set_title(f"{what}: absolute time, {row_key} = {row_label(fixed)} ({mode})"); ax.legend(fontsize=8)
+    fig.suptitle(f"{result['machine'].get('cpu_model') or result['machine']['processor']} | {result['machine']['device']} | {result['machine']['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=120); plt.close(fig)
+    return fig
+
+
+def plot_isolated(result: dict, mode: str = 'train', path=None):
+    "Fig. 3 style, for the isolated neuron (`plot_ratios` with part='isolated')."
+    return plot_ratios(result, mode, path, 'isolated')
+
+
+
+# %% [markdown]
+# ## The command line
+#
+# `pttfs-bench` runs both benchmarks and writes one JSON file (the machine, the settings, every measurement and
+# the ratios) and the figures next to it. With `--quick`, a small sweep for a smoke test.
+
+# %%
+#| export
+def _int_list(text: str) -> list:
+    "'4,16,2^8' -> [4, 16, 256]: positive integers, each written out or as 2^k."
+    values = []
+    for part in text.split(','):
+        match = re.fullmatch(r'\s*(?:(\d+)|2\^(\d+))\s*', part)
+        if not match: raise argparse.ArgumentTypeError(f"expected positive integers or 2^k (k = 0, 1, ...), separated by commas; got {part.strip()!r}")
+        values.append(int(match[1]) if match[1] is not None else 2 ** int(match[2]))
+    if any(v <= 0 for v in values): raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
+    return values
+
+
+def _holds_keys(path: str, keys) -> bool:
+    "Whether the file is a JSON object with all these keys: an earlier output of the same command."
+    try:
+        with open(path) as f: data = json.load(f)
+    except (OSError, ValueError): return False
+    return isinstance(data, dict) and all(key in data for key in keys)
+
+
+def check_out_file(p, out: str,
+                   overwrite: bool = False,  # --overwrite: replace an existing file, if it is `own`
+                   own: tuple = ('machine', 'isolated'),  # the keys of this command's JSON: only such a file is replaced
+                  ) -> str:
+    "An output file's absolute path, checked before any work: new (or replaceable), not a folder, in a writable folder."
+    if not out.strip(): p.error("--out is empty: name the JSON file to write")
+    path = os.path.abspath(out)
+    if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
+    if os.path.lexists(path):                       # never replace a checkpoint, a metrics file, another tool's output
+        if not overwrite: p.error(f"--out {out}: the file exists; choose another --out, or pass --overwrite to replace it")
+        if os.path.islink(path) or not _holds_keys(path, own):
+            p.error(f"--out {out}: --overwrite replaces only an earlier {p.prog} output, and this file is not one")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)): pass        # can a file be written there?
+    except OSError as e: p.error(f"--out {out}: cannot write there ({e.strerror or e})")
+    return path
+
+
+def parse_args(argv=None):
+    p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
+    p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
+    p.add_argument('--N', type=_int_list, default=[2**10, 2**14, 2**18], help="neuron counts, e.g. 2^10,2^14,2^18")
+    p.add_argument('--T', type=_int_list, default=[4, 16, 64, 256], help="time steps, e.g. 4,16,64,256")
+    p.add_argument('--modes', default='train,inference')
+    p.add_argument('--neurons', default='amos,sj-lif,sj-psn', help=f"comma-separated, from {','.join(NEURONS)}")
+    p.add_argument('--network-T', type=_int_list, default=[4], help="time steps of the full-network benchmark")
+    p.add_argument('--network-B', type=_int_list, default=[16], help="batch sizes of the full-network benchmark")
+    p.add_argument('--network-C', type=int, default=32, help="channels C of the CIFAR net (the paper: 256)")
+    p.add_argument('--no-network', action='store_true', help="skip the full-network benchmark")
+    p.add_argument('--repeats', type=int, default=15)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--rounds', type=int, default=1, help="measure each point's neurons in turn this many times (median)")
+    p.add_argument('--max-elements', type=int, default=2**26, help="skip isolated points with T*N above this")
+    p.add_argument('--peak-memory', action='store_true', help="after the timings, record each isolated step's peak memory (CPU: a process per measurement, ~3 s each)")
+    p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats")
+    p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it); never replaced "
+                   "unless --overwrite")
+    p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-bench output")
+    args = p.parse_args(argv)
+    for name in args.neurons.split(','):
+        if name not in NEURONS: p.error(f"--neurons: unknown neuron {name!r}; choose from {', '.join(NEURONS)}")
+    for mode in args.modes.split(','):
+        if mode not in ('train', 'inference'): p.error(f"--modes: unknown mode {mode!r}; choose from train, inference")
+    if args.repeats < 1: p.error("--repeats must be at least 1")
+    if args.rounds < 1: p.error("--rounds must be at least 1")
+    if args.warmup < 0: p.error("--warmup must be at least 0")
+    if args.network_C < 1: p.error("--network-C must be positive")
+    if args.max_elements < 1: p.error("--max-elements must be positive")
+    check_device(p, args.device)
+    args.out = check_out_file(p, args.out, args.overwrite)
+    if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
+    return args
+
+
+def main(argv=None):
+    "The `pttfs-bench` command: run the benchmarks, write the JSON and the figures."
+    run(parse_args(argv))
+
+
+def _write_json(result: dict, path: str):
+    "Write atomically: a reader (or a run killed mid-write) never sees half a file."
+    def write(tmp):
+        with open(tmp, 'w') as f: json.dump(result, f, indent=1)
+    atomic_write(path, write)
+
+
+def run(args) -> dict:
+    "Run the benchmarks for parsed arguments; write and return the result."
+    from tqdm import tqdm
+    bar = tqdm(desc='pttfs-bench', disable=not sys.stderr.isatty(), bar_format='{desc} [{elapsed}]')
+    progress = lambda text: (bar.set_description_str(text), bar.refresh())
+    modes, neurons = tuple(args.modes.split(',')), tuple(args.neurons.split(','))
+    result = dict(machine=describe_machine(args.device), settings={k: v for k, v in vars(args).items()}, protocol=TRAIN_PROTOCOL)
+    result['machine']['memory'] = memory_rates(args.device, 16 if args.quick else 256)
+    result['isolated'] = isolated_neuron_benchmark(args.N, args.T, modes, neurons, args.device, args.warmup, args.repeats,
+                                                   args.max_elements, progress=progress, rounds=args.rounds)
+    result['isolated_ratios'] = ratios(result['isolated'])
+    out = os.path.abspath(args.out)
+    _write_json(result, out)                        # a run killed during the network part keeps the isolated one
+    if not args.no_network:
+        result['network'] = network_benchmark(args.network_T, args.network_B, args.network_C, neurons, modes, args.device,
+                                              max(1, args.warmup - 1), max(3, args.repeats // 3), progress=progress)
+        result['network_ratios'] = ratios(result['network'], keys=('T', 'B', 'C', 'mode'))
+        _write_json(result, out)
+    if args.peak_memory:                            # last: its processes would disturb the timings
+        add_peak_memory(result['isolated'], args.device, progress)
+        _write_json(result, out)
+    bar.close()
+    stem = os.path.splitext(out)[0]
+    for mode in modes: plot_isolated(result, mode, f"{stem}-{mode}.png")
+    if len({(r['T'], r['B']) for r in result.get('network', [])}) > 1:            # Fig. 4 needs a sweep over T or B
+        for mode in modes: plot_ratios(result, mode, f"{stem}-network-{mode}.png", 'network')
+    for row in result['isolated_ratios']:
+        print(' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    for row in result.get('network_ratios', []):
+        print('network', ' '.join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"wrote {out}")
+    return result
+
+
+# %% [markdown]
+# A smoke test of the command line (a tiny sweep, without SpikingJelly's PSN to keep it short; its output is
+# timings, so it is not compared):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import tempfile
+from pathlib import Path
+with tempfile.TemporaryDirectory() as tmp:
+    main(['--quick', '--neurons', 'amos,amos-torch', '--no-network', '--repeats', '2', '--out', f'{tmp}/quick.json'])
+    test_eq(sorted(os.listdir(tmp)), ['quick-inference.png', 'quick-train.png', 'quick.json'])
+    result = json.loads(Path(tmp, 'quick.json').read_text())
+test_eq({r['neuron'] for r in result['isolated']}, {'amos', 'amos-torch'})
+
+# %%
+test_fail(lambda: parse_args(['--neurons', 'loihi']), exc=SystemExit)
+test_fail(lambda: parse_args(['--N', 'many']), exc=SystemExit)
+print("bad flags exit with an error naming the flag")
+
+# %% [markdown]
+# ## Results on this machine
+#
+# The committed results in `benchmarks/` were produced by the command written in each file's `settings`
+# (`benchmarks/README.md` lists every stored file with its command, machine and date). We
+# read them here (these outputs are compared: they are the stored numbers, not a new run). There are three runs,
+# one after the other on the same machine:
+#
+# * `cpu-2core.json`: `pttfs-bench --rounds 3 --peak-memory --out benchmarks/cpu-2core.json`, glibc's allocator as it comes.
+#   This is the headline run: each point's three neurons are timed in turn three times (A B C A B C A B C) and the
+#   median kept, because single sweeps on this machine move the small-size ratios by ±20 % from run to run.
+# * `cpu-2core-heap-reuse.json`: `pttfs-bench --out benchmarks/cpu-2core-heap-reuse.json` (one round) under
+#   `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824`, which make glibc serve large blocks from a heap it keeps, so that a fresh tensor
+#   reuses pages already touched (what jemalloc or tcmalloc, which PyTorch's CPU tuning guide recommends, do as
+#   well). On this virtual machine the first touch of a page is slow (allocate-and-fill runs at ~4 GB/s, a warm
+#   copy at ~45 GB/s), and every neuron's step allocates fresh outputs, so this run shows how much of each time is
+#   the allocator rather than the neuron. It applies to all three neurons alike.
+# * `cpu-2core-grid.json`: the full grid, `pttfs-bench --N 2^10,2^12,2^14,2^16,2^18,2^20
+#   --T 2,4,16,64,256,1024 --network-T 1,2,4,8 --network-B 8,16,32 --out benchmarks/cpu-2core-grid.json` (one
+#   round; points with T·N > 2^26 skipped), allocator as it comes; it draws the figures (Fig. 3 below, Fig. 4 in
+#   `benchmarks/cpu-2core-grid-network-*.png`).
+
+# %%
+from pathlib import Path
+results = {p.name: json.loads(p.read_text()) for p in sorted(Path('../benchmarks').glob('*.json'))}
+results = {name: r for name, r in results.items() if 'isolated' in r}          # speed runs only (not the ablations)
+for name, result in results.items():
+    m = result['machine']
+    print(f"{name}: {m.get('cpu_model')} ({m['cpu_count']} cores, {m['torch_threads']} threads), {m['device']}, torch {m['torch']}, "
+          f"env {m['environment'] or '{}'}")
+    if 'memory' in m: print(f"  memory: warm copy {m['memory']['copy_GBps']} GB/s, allocate-and-fill {m['memory']['first_touch_GBps']} GB/s "
+                            f"({m['memory']['buffer_mib']} MiB buffers)")
+    print("  command: pttfs-bench " + ' '.join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                                           for k, v in result['settings'].items() if k in ('device', 'N', 'T', 'out') or (k == 'rounds' and v > 1))
+          + (' --peak-memory' if result['settings'].get('peak_memory') else ''))
+    print(f"  training step: {result['protocol']}")
+
+
+# %% [markdown]
+# The time of SpikingJelly's LIF and PSN divided by ours, at every point (above 1: ours is faster):
+
+# %%
+def ratio_table(result, mode):
+    rows = [r for r in result['isolated_ratios'] if r['mode'] == mode]
+    print(f"{mode:9} {'N':>8} " + ' '.join(f"{'T=' + str(T):>13}" for T in sorted({r['T'] for r in rows})))
+    for N in sorted({r['N'] for r in rows}):
+        cells = [f"{r['sj-lif/amos']:5.1f} | {r['sj-psn/amos']:5.1f}" for r in sorted(rows, key=lambda r: r['T']) if r['N'] == N]
+        print(f"{'':9} {'2^' + str(int(math.log2(N))):>8} " + ' '.join(f"{c:>13}" for c in cells))
+
+cpu = results.get('cpu-2core.json')
+print("cells: LIF/AMOS | PSN/AMOS")
+for name, result in results.items():
+    print(name)
+    for mode in ('train', 'inference'): ratio_table(result, mode)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+grid = results.get('cpu-2core-grid.json') or cpu          # the widest sweep stored
+if grid: plot_isolated(grid, 'train');
+
+# %% [markdown]
+# Training-mode activation memory: the bytes autograd keeps for the backward (`saved_bytes`, the input itself not
+# counted), per neuron and point. With a fixed τ and only spikes used downstream, the fused backend keeps two
+# int32 indices per neuron and recomputes the membrane in the backward. Below it, from the same run
+# (`--peak-memory`, measured after all its timings), the peak of one step above the input, as
+# `peak_memory_bytes` (defined above) measures it:
+#
+
+# %%
+if cpu:
+    saved = {(r['N'], r['T'], r['neuron']): r['saved_bytes'] for r in cpu['isolated'] if 'saved_bytes' in r}
+    names = sorted({k[2] for k in saved})
+    print(f"{'N':>6} {'T':>4} " + ' '.join(f"{n + ' MiB':>12}" for n in names))
+    for N, T in sorted({k[:2] for k in saved}):
+        print(f"{'2^' + str(int(math.log2(N))):>6} {T:>4} " + ' '.join(f"{saved.get((N, T, n), float('nan')) / 2**20:12.3f}" for n in names))
+    # peak_bytes: from `--peak-memory`; steps under 2^20 elements are below its resolution (pages, 64 KiB blocks)
+    peaks = {(r['N'], r['T'], r['mode'], r['neuron']): r['peak_bytes'] for r in cpu['isolated']
+             if r.get('peak_bytes') is not None and r['N'] * r['T'] >= 2**20}
+    if peaks:
+        print(f"\npeak of one step above X, bytes per element (train | inference)")
+        print(f"{'N':>6} {'T':>4} " + ' '.join(f"{n:>13}" for n in names))
+        for N, T in sorted({k[:2] for k in peaks}):
+            cell = lambda n: ' | '.join(f"{peaks[(N, T, mode, n)] / (N * T):4.1f}" if (N, T, mode, n) in peaks else '   -'
+                                        for mode in ('train', 'inference'))
+            print(f"{'2^' + str(int(math.log2(N))):>6} {T:>4} " + ' '.join(f"{cell(n):>13}" for n in names))
+
+# %% [markdown]
+# Per backend and configuration of our own neuron, counted here (bytes, not times, so this output is compared):
+# what autograd keeps for a `[16, 1024]` input. The recomputing path keeps $t_f$ and $t_{sf}$ (8 bytes per
+# neuron); a learnable τ, or the membrane as an output, needs $H$ (4 bytes per element) for the τ gradient or
+# for $\partial\mathcal L/\partial H$; the textbook backend keeps $H$; the sequential reference keeps every
+# step's graph. (The Triton backend, not runnable on this machine, stores $H$ and the two indices, like the
+# stored-membrane row.)
+
+# %%
+from pttfs.neuron import AMOSLIF
+T, N = 16, 1024
+configurations = {'torch (textbook)': lambda: AMOSLIF(2.0, backend='torch', step_mode='m'),
+                  'cpu-fused, fixed tau': lambda: AMOSLIF(2.0, step_mode='m'),
+                  'cpu-fused, membrane returned': lambda: AMOSLIF(2.0, return_membrane=True, step_mode='m'),
+                  'cpu-fused, learnable tau': lambda: AMOSLIF(2.0, learnable_tau=True, step_mode='m'),
+                  'cpu-fused, tau per channel': lambda: AMOSLIF(2.0, learnable_tau=True, num_channels=N, channel_dim=1, step_mode='m'),
+                  'sequential (BPTT)': lambda: AMOSLIF(2.0, backend='sequential', step_mode='m')}
+kept = {}
+for name, make in configurations.items():
+    neuron, leaf = make(), torch.randn(T, N).requires_grad_()
+    kept[name] = saved_tensor_bytes(lambda: neuron(leaf), exclude=[leaf])
+    print(f"{name:30} {kept[name]:8d} bytes = {kept[name] / (T * N):5.2f} per element")
+test_eq(kept['cpu-fused, fixed tau'], 2 * 4 * N)                  # t_f and t_sf, int32, nothing of size [T, N]
+
+# %% [markdown]
+# The peak of one training and one inference step per configuration, measured with `peak_memory_bytes` at
+# $T = 64$, $N = 2^{18}$ (64 MiB per `[T, N]` tensor). The numbers move from run to run by a few hundred kB, so
+# this table is not compared; the checks after it are. What we expect, per element of `[T, N]` in float32: in
+# training the fused fixed-τ path holds $S$ and $\partial\mathcal L/\partial X$ (which autograd then adds into
+# `x.grad`, made by the unmeasured first step), **8 bytes**, and a learnable τ also stores $H$, **12 bytes**; in
+# inference the fused path writes only $S$, **4 bytes**.
+# SpikingJelly's LIF keeps 12 bytes per element for its backward (the table above), so its training peak must
+# exceed ours; in inference it builds the output from per-step pieces, so it holds more than $S$ as well.
+#
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+T, N = 64, 2**18                                  # 64 MiB per [T, N] tensor
+configurations = {'cpu-fused, fixed tau': {}, 'cpu-fused, learnable tau': {'learnable_tau': True},
+                  'torch (textbook)': {'backend': 'torch'}, 'sequential (BPTT)': {'backend': 'sequential'},
+                  'SpikingJelly LIF': 'sj-lif', 'SpikingJelly PSN': 'sj-psn'}
+peak = {}
+print(f"{'peak above X, bytes per element':32} {'train':>6} {'inference':>10}")
+for name, spec in configurations.items():
+    peak[name] = {mode: peak_memory_bytes(spec, T, N, mode) for mode in ('train', 'inference')}
+    cell = lambda b: f"{b / (T * N):.1f}" if b is not None else '-'
+    print(f"{name:32} {cell(peak[name]['train']):>6} {cell(peak[name]['inference']):>10}")
+
+# %%
+bytes_per_element = lambda name, mode: peak[name][mode] / (T * N)
+test_close(bytes_per_element('cpu-fused, fixed tau', 'train'), 8, eps=0.5)          # S, dL/dX
+test_close(bytes_per_element('cpu-fused, learnable tau', 'train'), 12, eps=0.5)     # ... and H
+test_close(bytes_per_element('cpu-fused, fixed tau', 'inference'), 4, eps=0.5)      # S
+if peak['SpikingJelly LIF']['train'] is not None:
+    test_eq(peak['cpu-fused, fixed tau']['train'] < peak['SpikingJelly LIF']['train'], True)
+    test_eq(peak['cpu-fused, fixed tau']['inference'] < peak['SpikingJelly LIF']['inference'], True)
+
+# %% [markdown]
+# The full network (the CIFAR net at the width in the file): our time per step and the peers' ratios, over the
+# T and B each run measured (`cpu-2core-grid.json` sweeps T ∈ {1, 2, 4, 8} × B ∈ {8, 16, 32}, Fig. 4's axes):
+#
+
+# %%
+for name, result in results.items():
+    rows = sorted(result.get('network_ratios', []), key=lambda r: (r['mode'], r['T'], r['B']))
+    times = {(r['T'], r['B'], r['mode'], r['neuron']): r['ms'] for r in result.get('network', [])}
+    print(f"{name}: C = {rows[0]['C'] if rows else '-'}; AMOS ms, and LIF/AMOS | PSN/AMOS")
+    for r in rows:
+        print(f"  {r['mode']:9} T={r['T']:<2} B={r['B']:<3} {times[(r['T'], r['B'], r['mode'], 'amos')]:8.1f} ms   "
+              f"{r['sj-lif/amos']:5.2f} | {r['sj-psn/amos']:5.2f}")
+
+
+# %% [markdown]
+# ### Against the targets
+#
+# The targets for this CPU: in both modes, for N ∈ {2^10, 2^14, 2^18}, at least
+# 3× faster than the *faster* of SJ LIF and SJ PSN at every T ≥ 16, not slower at T = 4, and at least 10× faster
+# than SJ LIF at T = 256; the full network at T = 4, B = 16 faster than with either peer. Read off the stored runs
+# (every target of the headline run; of the other two only the ones they miss):
+
+# %%
+#| export
+def target_report(result: dict) -> list:
+    "Each speed target with the measured ratio (peer time / AMOS time) and whether it is met."
+    lines = []
+    for r in sorted(result['isolated_ratios'], key=lambda r: (r['mode'], r['N'], r['T'])):
+        if 'sj-lif/amos' not in r or 'sj-psn/amos' not in r: continue
+        if r['N'] not in (2**10, 2**14, 2**18): continue                      # the sizes the targets name
+        faster_peer = min(r['sj-lif/amos'], r['sj-psn/amos'])
+        point = f"{r['mode']:9} N=2^{int(math.log2(r['N'])):<2} T={r['T']:<4}"
+        if r['T'] >= 16: lines.append((point, "faster peer / AMOS >= 3", faster_peer, faster_peer >= 3))
+        if r['T'] == 4: lines.append((point, "faster peer / AMOS >= 1", faster_peer, faster_peer >= 1))
+        if r['T'] == 256: lines.append((point, "LIF / AMOS >= 10", r['sj-lif/amos'], r['sj-lif/amos'] >= 10))
+    for r in result.get('network_ratios', []):
+        if r['mode'] == 'train' and 'sj-lif/amos' in r and 'sj-psn/amos' in r:
+            point = f"network   T={r['T']} B={r['B']} C={r['C']}"
+            lines.append((point, "faster peer / AMOS > 1", min(r['sj-lif/amos'], r['sj-psn/amos']), min(r['sj-lif/amos'], r['sj-psn/amos']) > 1))
+    return lines
+
+
+# %%
+for name, result in results.items():
+    report = target_report(result)
+    print(f"{name}: {sum(m for *_, m in report)} of {len(report)} targets met")
+    for point, target, value, met in report:
+        if name == 'cpu-2core.json' or not met: print(f"  {point:28} {target:24} {value:6.2f}  {'met' if met else 'NOT met'}")
+
+# %% [markdown]
+# ### The two targets out of reach: a bound
+#
+# At $N = 2^{18}$, $T = 256$ (2^26 elements, 256 MiB per tensor) the "10× faster than LIF" target is missed in
+# both modes. LIF's cost there is not its step loop, whose per-step tensors of 1 MiB stay in cache; it is close to
+# streaming the data once, so a tenth of it is less than any implementation needs to move the bytes. The least a
+# step must move, per element of `[T, N]` in float32:
+#
+# * inference: read $X$, write $S$: 8 bytes;
+# * training, as the protocol measures it: forward (read $X$, write $S$: 8), the sum of the spikes (read 4),
+#   backward recomputing $H$ (read $X$, write $\partial\mathcal L/\partial X$: 8), autograd adding
+#   $\partial\mathcal L/\partial X$ into `x.grad` (read 8, write 4), and the protocol's `x.grad.zero_()` (write 4):
+#   36 bytes, of which $S$ and $\partial\mathcal L/\partial X$ are fresh tensors (8 bytes first touched).
+#
+# Divided by the warm copy speed stored with each run, against a tenth of LIF's time in the same run:
+
+# %%
+least_bytes = {'inference': (8, "read X, write S"),          # per element of [T, N] in float32
+               'train': (36, "forward 8, sum 4, backward 8, add into x.grad 12, zero x.grad 4")}
+N, T = 2**18, 256
+for name, result in results.items():
+    memory = result['machine'].get('memory')
+    times = {(r['N'], r['T'], r['mode'], r['neuron']): r['ms'] for r in result['isolated']}
+    if not memory or (N, T, 'train', 'sj-lif') not in times: continue
+    print(f"{name}: warm copy {memory['copy_GBps']} GB/s, allocate-and-fill {memory['first_touch_GBps']} GB/s")
+    for mode, (nbytes, what) in least_bytes.items():
+        bound = nbytes * N * T / memory['copy_GBps'] / 1e6                  # ms, if every byte moved at warm-copy speed
+        budget = times[(N, T, mode, 'sj-lif')] / 10
+        print(f"  {mode:9} N=2^18 T=256: {nbytes} B/element ({what}) -> at least {bound:5.1f} ms; "
+              f"LIF/10 = {budget:5.1f} ms; AMOS took {times[(N, T, mode, 'amos')]:5.1f} ms")
+
+# %% [markdown]
+# In every run, with either allocator, no implementation can meet either target. In inference, reading $X$ and
+# writing $S$ once at the warm copy speed takes longer than a tenth of LIF's time, before a single page of $S$ is
+# first touched. In training, the protocol's own work on `x.grad` (autograd adds the new gradient into it, then
+# the step zeroes it: 16 of the 36 bytes, the same for every neuron) already takes about half of LIF's tenth (with the heap
+# kept, nearly all of it), and the whole least traffic is more than that tenth. Keeping the heap (the second run) makes LIF nearly twice as fast
+# in training, which moves its tenth further out of reach. Our own times are 1.4–2.4× these bounds: fresh output
+# pages cost more than warm ones (which is why the fused kernels ask for huge pages, chapter 7), and the fused
+# kernel's access pattern (blocks of 2048 neurons walking 256 rows, 8 KiB per row) keeps the hardware prefetchers
+# from streaming at copy speed. Wider blocks help at this size but lose at small N (benchmarks/README.md), so the kernel keeps 2048. We leave these two targets unmet and
+# explained rather than bend the protocol (for example by reusing output buffers across calls, which a network
+# cannot do).
+#
+
+# %% [markdown]
+# ## Summary
+# `isolated_neuron_benchmark` and `network_benchmark` time our neuron and SpikingJelly's side by side, with the
+# training step SpikingJelly's own benchmarks use; `pttfs-bench` writes JSON (with the machine's memory speeds and,
+# with `--peak-memory`, each step's peak memory) and Fig. 3-style heatmaps. On this 2-core CPU the fused kernel is
+# faster than both peers at every point of every run, in both modes (the full grid: N from 2^10 to 2^20, T from
+# 2 to 1024, the smallest margin 2.0× against PSN), and by one to two orders of magnitude where the peers' cost
+# grows with T (LIF's step loop, PSN's T × T product); the full CIFAR net is faster with it than with either peer
+# at every T and B measured (1.06–1.27× in training, 1.19–1.41× in inference, against the faster peer). A
+# fixed-τ training step peaks at 8 bytes per element above its input, against 24 for SpikingJelly's LIF and PSN.
+# Of the targets, the headline run meets all but LIF/AMOS ≥ 10 at N = 2^18, T = 256, which the bound above
+# shows is out of reach for any implementation under this protocol on this machine. Small and mid sizes are bound
+# by per-call overhead, which is why the common fixed-τ call is one C++ autograd node; large sizes by memory
+# traffic and by the first touch of fresh outputs, so the ratios there move from run to run. GPU results come
+# from `benchmarks/gpu.sh` on a machine with a GPU.
+#
+
+# %%
+#| hide
+# NBVAL_SKIP
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,218 @@
+# %% [markdown]
+# # Data
+#
+# > The datasets of the paper's experiments through torchvision (MNIST, Fashion-MNIST, CIFAR-10/100), an offline `digits` set that needs no download, and direct encoding over T time steps.
+
+# %% [markdown]
+# After this chapter you can load every dataset of the paper's experiments, offline, with each protocol's augmentation, and feed images to a network as input currents over T steps.
+
+# %%
+#| default_exp data
+
+# %%
+#| export
+import os
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+# %%
+#| hide
+from fastcore.test import test_eq, test_close, test_fail
+from nbdev.showdoc import show_doc
+
+# %% [markdown]
+# ## What each dataset looks like
+#
+# | name | images | classes | train / test | normalisation | augmentation (train) |
+# |---|---|---|---|---|---|
+# | `digits` | 1×8×8 | 10 | 1,437 / 360 (fixed split) | pixel / 16 | none |
+# | `mnist` | 1×28×28 | 10 | 60,000 / 10,000 | mean 0.1307, std 0.3081 | none (random crop, pad 2, with `augment=True`) |
+# | `fashion-mnist` | 1×28×28 | 10 | 60,000 / 10,000 | mean 0.2860, std 0.3530 | none (random crop, pad 2, with `augment=True`) |
+# | `cifar10` | 3×32×32 | 10 | 50,000 / 10,000 | per-channel mean/std of CIFAR-10 | random crop (pad 4), horizontal flip |
+# | `cifar100` | 3×32×32 | 100 | 50,000 / 10,000 | per-channel mean/std of CIFAR-100 | random crop (pad 4), horizontal flip |
+#
+# `augment='psn'` is the PSN paper's training policy instead (Fang et al. 2023b, the protocol the AMOS paper says it
+# used on CIFAR): a horizontal flip (CIFAR only), TrivialAugmentWide, the normalisation, then RandomErasing with
+# p = 0.1. The PSN paper normalises CIFAR with std (0.2023, 0.1994, 0.2010); we keep each dataset's own statistics
+# above, a per-channel rescaling of the input of the first convolution.
+#
+# `digits` is the 8×8 handwritten-digit set that ships inside scikit-learn (1,797 images): it needs no download,
+# so the quick start runs on any machine. Its split is fixed: a permutation with seed 0, the first 1,437 images
+# for training and the last 360 for testing.
+
+# %%
+#| export
+DATASETS = {
+    'digits': dict(channels=1, size=8, classes=10),
+    'mnist': dict(channels=1, size=28, classes=10, mean=(0.1307,), std=(0.3081,)),
+    'fashion-mnist': dict(channels=1, size=28, classes=10, mean=(0.2860,), std=(0.3530,)),
+    'cifar10': dict(channels=3, size=32, classes=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    'cifar100': dict(channels=3, size=32, classes=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+DIGITS_TRAIN = 1437
+
+
+def digits_dataset(train: bool) -> TensorDataset:
+    "scikit-learn's 8x8 digits as (image [1, 8, 8] in [0, 1], label); the fixed split described above."
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    chosen = order[:DIGITS_TRAIN] if train else order[DIGITS_TRAIN:]
+    return TensorDataset(images[chosen], labels[chosen])
+
+
+# %%
+train, test = digits_dataset(True), digits_dataset(False)
+print(len(train), len(test), tuple(train[0][0].shape), f"pixel range [{train.tensors[0].min():.1f}, {train.tensors[0].max():.1f}]")
+test_eq((len(train), len(test)), (1437, 360))
+test_eq(torch.bincount(test.tensors[1], minlength=10).sum().item(), 360)
+
+# %% [markdown]
+# ## The torchvision datasets
+#
+# The real loaders, with the transforms in the table. A missing dataset without `download=True` is an error that
+# names the path and the flag, instead of torchvision's generic message.
+
+# %%
+#| export
+AUGMENTATIONS = (None, False, True, 'psn')
+DEBIAN_PACKAGES = {'fashion-mnist': 'dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist/)'}
+
+
+def dataset_transform(name: str, train: bool,
+                      augment=None,  # one of AUGMENTATIONS: None (CIFAR on, the others off), off, on, or the PSN paper's policy
+                     ):
+    "ToTensor and the dataset's normalisation; for training, random crops (and flips for CIFAR), or the PSN paper's policy."
+    from torchvision import transforms
+    if augment not in AUGMENTATIONS: raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    info = DATASETS[name]
+    if augment is None: augment = name.startswith('cifar')          # CIFAR: on by default, as in the paper's setting
+    steps = [transforms.ToTensor(), transforms.Normalize(info['mean'], info['std'])]
+    if train and augment == 'psn':               # Fang et al. 2023b: flip (CIFAR), TrivialAugmentWide, ..., RandomErasing(0.1)
+        flip = [transforms.RandomHorizontalFlip()] if name.startswith('cifar') else []
+        wide = transforms.TrivialAugmentWide(interpolation=transforms.InterpolationMode.BILINEAR)
+        return transforms.Compose(flip + [wide] + steps + [transforms.RandomErasing(p=0.1)])
+    if train and augment:
+        if name.startswith('cifar'): steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] + steps
+        else: steps = [transforms.RandomCrop(28, padding=2)] + steps    # MNIST-like: small shifts, no flips
+    return transforms.Compose(steps)
+
+
+def load_dataset(name: str,  # one of DATASETS
+                 data_dir: str = 'data',  # torchvision's root folder
+                 train: bool = True,
+                 download: bool = False,  # let torchvision download what is missing
+                 augment=None,  # training augmentation (see dataset_transform); None: CIFAR yes, the others no
+                ) -> Dataset:
+    "The train or test split of a dataset, transformed as described above."
+    if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == 'digits': return digits_dataset(train)
+    import torchvision.datasets as tvd
+    cls = {'mnist': tvd.MNIST, 'fashion-mnist': tvd.FashionMNIST, 'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
+    transform = dataset_transform(name, train, augment)
+    try:
+        return cls(root=data_dir, train=train, download=download, transform=transform)
+    except RuntimeError as e:
+        if download: raise
+        raw = os.path.join(os.path.abspath(data_dir), getattr(cls, 'base_folder', os.path.join(cls.__name__, 'raw')))
+        debian = (f", or without internet access to the original host install Debian's package {DEBIAN_PACKAGES[name]} and "
+                  f"gunzip its files into {raw}" if name in DEBIAN_PACKAGES else '')
+        raise FileNotFoundError(f"{name} not found under {raw} ({e}); pass --download to fetch it{debian}, "
+                                f"or --data-dir to point at a folder that holds it") from None
+
+
+# %% [markdown]
+# MNIST and Fashion-MNIST lie in torchvision's layout in `../shared/data` beside the repository on the project's
+# machines. A notebook runs inside `nbs/`, so from here that folder is `../../shared/data`. Where it exists we load
+# both; elsewhere the check is skipped.
+#
+# A reader without the files has two routes to them. `--download` lets torchvision fetch them from their original
+# host. Without access to that host, Fashion-MNIST also comes as Debian's package `dataset-fashion-mnist`: its four
+# `.gz` files, unzipped into `DATA/FashionMNIST/raw`, are exactly what the loader reads.
+
+# %%
+data_root = os.path.join('..', '..', 'shared', 'data')           # ../shared/data, seen from nbs/
+found = {}
+for name, folder in [('mnist', 'MNIST'), ('fashion-mnist', 'FashionMNIST')]:
+    if os.path.isdir(os.path.join(data_root, folder)):
+        found[name] = load_dataset(name, data_root, train=False)
+        image, label = found[name][0]
+        print(f"{name:14} {len(found[name])} test images of {tuple(image.shape)}; first label {label}, mean {image.mean():+.4f}")
+        test_eq(tuple(image.shape), (1, 28, 28))
+
+# %% [markdown]
+# Fashion-MNIST is the harder of the two 28×28 sets: ten kinds of clothing, several of which (shirt, T-shirt,
+# pullover, coat) differ only in details. Four test images of each class:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+if 'fashion-mnist' in found:
+    fashion = found['fashion-mnist']
+    fig, axes = plt.subplots(4, 10, figsize=(10, 4.6))
+    for k, name in enumerate(fashion.classes):
+        indices = (fashion.targets == k).nonzero().flatten()[:4]
+        for row, i in enumerate(indices.tolist()):
+            axes[row, k].imshow(fashion.data[i], cmap='gray_r'); axes[row, k].axis('off')
+        axes[0, k].set_title(name.replace('/', '/\n'), fontsize=8)
+    fig.tight_layout(); plt.show()
+
+# %%
+for route in ['--download', 'dataset-fashion-mnist', '/nonexistent/FashionMNIST/raw']:    # the path and both routes
+    test_fail(lambda: load_dataset('fashion-mnist', '/nonexistent'), exc=FileNotFoundError, contains=route)
+test_fail(lambda: load_dataset('cifar10', '/nonexistent'), exc=FileNotFoundError, contains='/nonexistent/cifar-10-batches-py')
+test_fail(lambda: load_dataset('imagenet'), exc=ValueError, contains='unknown dataset')
+test_fail(lambda: dataset_transform('cifar10', True, augment='heavy'), exc=ValueError, contains="'psn'")
+print("missing data and unknown names fail with a message naming the fix")
+
+# %% [markdown]
+# Fashion-MNIST and CIFAR cannot be downloaded here, so their *transforms* are checked on torchvision's `FakeData`
+# of the right shapes (the loaders above are the real ones users get):
+
+# %%
+from torchvision.datasets import FakeData
+torch.manual_seed(0)
+for name in ['fashion-mnist', 'cifar10', 'cifar100']:
+    info = DATASETS[name]
+    for augment in (None, 'psn'):
+        fake = FakeData(size=4, image_size=(info['channels'], info['size'], info['size']), num_classes=info['classes'],
+                        transform=dataset_transform(name, train=True, augment=augment), random_offset=0)
+        image, label = fake[0]
+        print(f"{name:14} augment={augment!s:5} {tuple(image.shape)}")
+        test_eq(tuple(image.shape), (info['channels'], info['size'], info['size']))
+
+
+# %% [markdown]
+# ## Direct encoding
+#
+# The paper feeds the image itself to the first convolution at every time step ("direct encoding"): the network's
+# input is the image repeated over T, in the `[T, B, ...]` layout of every layer after it.
+
+# %%
+#| export
+def direct_encode(images: Tensor,  # [B, C, H, W]
+                  T: int,  # time steps
+                 ) -> Tensor:  # [T, B, C, H, W] (a view: no copy)
+    "The same image at every time step."
+    if T < 1: raise ValueError(f"T must be at least 1, got {T}")
+    return images.unsqueeze(0).expand(T, *images.shape)
+
+
+# %%
+images = torch.randn(2, 1, 8, 8)
+test_eq(direct_encode(images, 3).shape, (3, 2, 1, 8, 8))
+test_eq(direct_encode(images, 3)[2], images)
+print(tuple(direct_encode(images, 3).shape))
+
+# %% [markdown]
+# ## Summary
+# `load_dataset` returns the five datasets as torchvision would (plus the offline `digits`), with a clear error
+# when data is missing; `direct_encode` repeats images over time.
+
+# %%
+#| hide
+# NBVAL_SKIP
+import nbdev; nbdev.nbdev_export()

@@ -1,0 +1,232 @@
+# %% [markdown]
+# # pttfs
+#
+# > Parallel training of time-to-first-spike spiking neural networks: a literate, tested implementation of the At-Most-One-Spike LIF neuron of Che et al., *Parallel Training Time-to-First-Spike Spiking Neural Networks* (AAAI 2026).
+
+# %%
+#| default_exp __init__
+
+# %%
+#| export
+#| hide
+# The package's front door: the names a user needs, from the chapters that define them (`from pttfs import *` gives these).
+from pttfs.surrogate import Surrogate, Sigmoid, ATan, surrogate_derivative
+from pttfs.dynamics import amos_lif_sequential
+from pttfs.charging import charge, leaky_scan
+from pttfs.first_spike import amos_lif_forward
+from pttfs.parallel import amos_lif_parallel, AMOSLIFFunction
+from pttfs.backends import PARALLEL_BACKENDS, register_backend, choose_backend
+from pttfs.fused import FusedAMOSLIFFunction            # registers the 'cpu-fused' backend (built on first use)
+from pttfs.triton_kernels import TritonAMOSLIFFunction  # registers the 'triton' backend (CUDA; Triton imported on first use)
+from pttfs.neuron import AMOSLIF, amos_lif_continued
+from pttfs.decoders import DECODERS, TemporalSelectorDecoder, RateDecoder, TemporalWeightingDecoder, TQTTFSDecoder
+from pttfs.data import DATASETS, load_dataset, direct_encode
+from pttfs.models import build_model, SpikingClassifier, cifar_net, spike_recorder, record_spikes
+
+_all_ = ['Surrogate', 'Sigmoid', 'ATan', 'surrogate_derivative', 'amos_lif_sequential', 'charge', 'leaky_scan',
+         'amos_lif_forward', 'amos_lif_parallel', 'AMOSLIFFunction', 'PARALLEL_BACKENDS', 'register_backend',
+         'choose_backend', 'FusedAMOSLIFFunction', 'TritonAMOSLIFFunction', 'AMOSLIF', 'amos_lif_continued', 'DECODERS',
+         'TemporalSelectorDecoder', 'RateDecoder', 'TemporalWeightingDecoder', 'TQTTFSDecoder', 'DATASETS',
+         'load_dataset', 'direct_encode', 'build_model', 'SpikingClassifier', 'cifar_net', 'spike_recorder', 'record_spikes']
+
+# %% [markdown]
+# A TTFS neuron fires at most once. The paper shows that this makes the neuron parallel over time, forward *and*
+# backward, with no approximation: the membrane is a cumulative sum, the spike an argmax, and the exact
+# backpropagation-through-time gradient a closed form (the *second fake spike*) plus a reversed cumulative sum.
+# This package derives each equation in a notebook, implements it, and checks it against a plain sequential loop
+# differentiated by autograd; the notebooks are the source of the package and its tests.
+#
+# ## Quick start
+#
+# From a clone of this repository, install and train a TTFS network on the 8×8 `digits` set that ships with
+# scikit-learn (no download; about ten seconds on two CPU cores, ~98% test accuracy):
+#
+# ```sh
+# pip install -e . && pttfs-train --out runs/digits
+# ```
+#
+# What that installs: pttfs itself is small, but `pip` fetches PyTorch's default build for your platform, which on
+# Linux x86-64 is the CUDA build (about 5.8 GB in the environment). On a machine without an NVIDIA GPU, install
+# PyTorch's CPU-only build first (`torch` and `torchvision`, as PyTorch's install page describes); `pip install -e .`
+# then keeps it. The first training or neuron call on a CPU compiles the fused C++ kernel (about a minute, once per
+# install; one line on stderr says so). Without `--out`, each run gets a new folder `runs/DATASET-DATE-TIME`.
+#
+# The run folder then holds `metrics.jsonl`, `last.pt`, `summary.json`, `accuracy.png` and `t_first.png`; see
+# `pttfs-train --help` for the datasets (MNIST, Fashion-MNIST, CIFAR-10/100 through torchvision), the schedule of
+# time steps, the decoder and `--resume`. To evaluate the trained network the way a chip would run it, stopping
+# each test image at the decoder's decision:
+#
+# ```sh
+# pttfs-eval runs/digits            # writes runs/digits/eval.json; --full computes all T, --T and --decoder-threshold change them
+# ```
+#
+# `eval.json` holds the accuracy, the average decision step, Table 5's decision table (the fraction of samples
+# deciding at each step and their accuracy), the spikes spent up to the decision, the steps actually computed and
+# the images per second. Python ≥ 3.9; the install pulls in `torch`, `torchvision`, `matplotlib` and
+# `scikit-learn`. For the notebooks and the tests, install the development extras and run the test suite:
+#
+# ```sh
+# pip install -e ".[dev]"
+# bash .ci/test
+# ```
+#
+# The baselines of the paper's Table 3, SpikingJelly's LIF and PSN neurons in the same network
+# (`pttfs-train --neuron lif|psn`), need SpikingJelly: `pip install -e ".[baselines]"`.
+#
+# ## Use
+#
+# With `step_mode='m'` the neuron takes a whole sequence, time first (`[T, B, ...]`), and returns its spikes,
+# and the membrane potentials on request. (Its default, as SpikingJelly's, is `step_mode='s'`: one step per call.)
+
+# %%
+import torch
+from pttfs import AMOSLIF, amos_lif_parallel, amos_lif_sequential
+
+torch.manual_seed(0)
+x = 1 + torch.randn(16, 4, 8)                     # [T, B, N] input currents
+neuron = AMOSLIF(tau=2.0, v_threshold=1.0, learnable_tau=True, return_membrane=True, step_mode='m')
+spikes, membrane = neuron(x)
+print(neuron)
+print("spikes per neuron:", spikes.sum(0).unique().tolist(), "| first-spike times of sample 0:",
+      spikes[:, 0].argmax(0).tolist())
+
+# %% [markdown]
+# It is exact: the same spikes, and the same gradients as backpropagation through time with a loop over $t$:
+
+# %%
+x = (1 + torch.randn(64, 32, dtype=torch.float64)).requires_grad_()
+for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
+    spikes, membrane = neuron_fn(x, tau=2.0)
+    grad, = torch.autograd.grad((spikes * torch.arange(64.0, dtype=torch.float64)[:, None]).sum() + membrane.sum(), x)
+    print(f"{neuron_fn.__name__:20} spikes: {int(spikes.sum())}, grad[0, :3]: {[round(v, 6) for v in grad[0, :3].tolist()]}")
+
+# %% [markdown]
+# It also runs one step at a time, as SpikingJelly's single-step mode does, and that is its default:
+# `AMOSLIF()` takes `[B, ...]` per call and keeps its state until `reset()`, so a SpikingJelly network built with
+# `spiking_neuron=AMOSLIF` works as built, and `functional.set_step_mode(net, 'm')` and `functional.reset_net(net)`
+# do what they do for SpikingJelly's neurons. SpikingJelly's argument names `surrogate_function`, `store_v_seq`,
+# `backend` and `step_mode` are accepted; `v_reset`, `detach_reset` and `decay_input` mean nothing for a neuron that
+# fires once and never resets, and are refused with that reason. `AMOSLIF(step_mode='m', stateful=True)` continues
+# a sequence fed in chunks, with the exact gradient through the carried state. A trained `SpikingClassifier` can
+# stop each sample at its decision: `model.predict(images, T, early_exit=True)` gives the full pass's decisions and
+# predictions (also with hidden `force_last` layers and in bfloat16, where the carried state stays float32) while
+# computing only the steps up to each decision; a network with another temporal layer is refused.
+
+# %% [markdown]
+# ## The chapters
+#
+# Read them in order; each states an equation, implements it, and checks it.
+#
+# 0. [Surrogate gradients](nbs/00_surrogate.ipynb): the step Θ and its surrogate derivatives (`Sigmoid`, default α = 4; `ATan`).
+# 1. [AMOS dynamics](nbs/01_dynamics.ipynb), Eqs. 1–4: `amos_lif_sequential`, the loop-over-time reference; `force_last` and why it is off by default.
+# 2. [Parallel charging](nbs/02_charging.ipynb), Eqs. 5–6: where the literal cumsum overflows (float32 from T = 129 at τ = 2) and `leaky_scan`, a chunked form that is exact for any T and any finite input.
+# 3. [First-spike extraction](nbs/03_first_spike.ipynb), Eqs. 7–9: fake spikes, argmax, spikes.
+# 4. [The parallel backward](nbs/04_backward.ipynb), Eqs. 10–20: the mask gradient, the second fake spike, the reversed scan, the τ and threshold gradients, the paper's Fig. 1 for one neuron; `amos_lif_parallel`, checked against BPTT.
+# 5. [The neuron module](nbs/05_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
+# 6. [Backends](nbs/06_backends.ipynb): how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
+# 7. [A fused CPU kernel](nbs/07_fused.ipynb): why the textbook path is slow, and the same equations in one pass over memory (`'cpu-fused'`, C++ in `pttfs/csrc/amos_lif.cpp`, compiled at first use, with a fallback).
+# 8. [Speed: the benchmark](nbs/08_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
+# 9. [Triton kernels for the GPU](nbs/09_triton.ipynb): the `'triton'` backend, tested on the CPU through Triton's interpreter.
+# 10. [Output decoders](nbs/10_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
+# 11. [Data](nbs/11_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
+# 12. [Models](nbs/12_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
+# 13. [Training](nbs/13_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
+# 14. [Evaluation and ablations](nbs/14_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
+# 15. [Appendix: test helpers](nbs/15_testing.ipynb): `diff_bucket`, `bucket` and `compare_with_reference`, the exactness check every backend passes.
+#
+# ## Backends and speed
+#
+# `amos_lif_parallel` and `AMOSLIF` choose a backend by device (`backend='auto'`), or take one by name:
+#
+# | backend | where | what |
+# |---|---|---|
+# | `'torch'` | anywhere | the textbook: one PyTorch operation per equation (chapters 2–4) |
+# | `'cpu-fused'` | CPU, float32/64, `Sigmoid`/`ATan` | a C++/OpenMP kernel (`pttfs/csrc/amos_lif.cpp`) compiled on first use (about 30 s, then cached); one pass forward, one backward; the common fixed-τ call is a C++ autograd node |
+# | `'triton'` | CUDA, float32/64, `Sigmoid`/`ATan` | the same algorithm in Triton |
+#
+# The two fused kernels run one lane per neuron, sequential over $t$, and compute the same closed forms as the
+# textbook (the second fake spike, the reversed recursion). That is the right shape when there are many more
+# neurons than time steps, as in every layer of these networks; the textbook backend's scan, parallel over time,
+# should be the better one for a few neurons over very long sequences (not measured here). So the CPU speed-ups below measure fusion and the
+# closed-form backward, not a time-parallel scan.
+#
+# All of them pass the same exactness checks against the sequential reference. If the C++ kernel cannot be built
+# (no compiler), the neuron falls back to `'torch'` with one warning; `PTTFS_DISABLE_FUSED=1` switches it off.
+# **Threads.** torch uses one thread per core by default (`OMP_NUM_THREADS` or `torch.set_num_threads` change
+# that); `pttfs-train --threads N` sets it for one run. On a shared machine use fewer: two runs side by side with
+# two threads each on two cores ran 1.6 times slower than with one each, and a run beside a busy process 1.4 times
+# slower with two than with one (`benchmarks/threads.txt`). The default stays torch's, so that a run's numbers do
+# not depend on what else the machine was doing. To time the neuron against SpikingJelly (`pip install -e ".[bench]"`): `pttfs-bench --out bench.json`. The
+# committed results (`benchmarks/`) and what they show are in chapter 8: on this project's 2-core CPU the
+# fused backend is faster than both SpikingJelly neurons at every point of the sweep, in training and inference;
+# 29 of the 31 speed targets are met, and the chapter shows why the other two (10× LIF at N = 2^18, T = 256)
+# are out of reach on that machine.
+#
+# ## The contract
+#
+# `amos_lif_sequential(x, tau=2.0, v_threshold=1.0, surrogate=Sigmoid(), force_last=False)` and
+# `amos_lif_parallel(x, ...)` take `x` of shape `[T, *]` and return `(spikes, membrane)` shaped like `x`;
+# `membrane` is $H[t]$ after charging (Eq. 4, input scaled by $1/\tau$) at every step, also after the spike. In
+# float64 the parallel neuron reproduces the reference's spikes exactly and its membrane and gradients (input, τ
+# and a learnable threshold) within $10^{-10}$, for T from 1 to 512, τ in (1, 1000], both `force_last` modes
+# (`tests/` checks this with hypothesis). It is exact for any finite input on every backend: with inputs up to
+# $10^{30}$ in float32 and $10^{300}$ in float64, the spikes are the reference's and no value is infinite or NaN
+# where the reference's is finite. In float32 it stays finite for T up to 4096; float16/bfloat16 input is computed
+# in float32. A NaN or an infinity in one neuron's input spoils that neuron only. Ties, where $H[t]$ lands exactly on
+# $V_{th}$: the fused CPU kernel repeats the loop's arithmetic step for step (compiled without floating-point
+# contraction), so its spikes are the reference's bit for bit there too; the time-parallel `'torch'` scan adds in
+# another order, so where $H$ is within a rounding of $V_{th}$ its spike can differ from the loop's (chapter 7
+# counts such cases). `v_threshold` may be a number or a tensor (one per neuron, or one that requires grad: backend
+# `'torch'`); `AMOSLIF(learnable_threshold=True)` learns it.
+#
+# ## What a run folder guarantees
+#
+# `pttfs-train --out DIR` writes `last.pt`, `metrics.jsonl`, `summary.json`, `accuracy.png` and `t_first.png` to
+# `DIR` (without `--out`, a new `runs/DATASET-DATE-TIME`), and nothing there is lost without your say:
+#
+# * **Refused, not overwritten.** Without `--resume`, a folder that holds any of those files is refused (exit 2,
+#   one line), and every file in it is left byte for byte as it was. There is no overwrite flag: remove the
+#   folder or choose another `--out`.
+# * **Locked.** While a run writes `DIR` it holds an OS file lock there (`DIR/.pttfs-train.lock`); a second
+#   `pttfs-train` on `DIR` is refused at once (exit 2, naming the holder's pid). The lock dies with the process,
+#   so a killed run never leaves `DIR` locked. The lock file is never opened through a symbolic link.
+# * **What survives a kill.** `last.pt` and `metrics.jsonl` are replaced atomically after every epoch, so a kill
+#   at any moment (also during a write) leaves the last complete epoch, and `--resume` continues from it to the
+#   same metrics as an uninterrupted run, rewriting `metrics.jsonl` from the checkpoint's rows. `last.pt` carries
+#   a SHA-256 of its contents; a damaged file is refused. The figures are written before `summary.json`, so a run
+#   with a summary has its figures; `--resume` of a finished run rewrites a short `metrics.jsonl` or a missing
+#   figure, and refuses a `summary.json` that is not JSON. The temporaries of a killed write (`last.pt.tmp-PID`,
+#   ...) are removed by the next run that takes the lock, and only after it is allowed to write; no other file is.
+# * **A checkpoint is data.** `last.pt` is read with `torch.load(weights_only=True)`, so a planted file runs no
+#   code. Its settings go through the same checks as the command line, and the network they describe must be
+#   the one stored (module by module), so an edited checkpoint is refused in one line.
+# * **A finished run stays finished.** `--resume` of a run that has all its epochs (or at least `--stop-after`)
+#   trains nothing; it says so in one line (and writes `summary.json` only if a kill took it).
+# * **Checked first.** Flags (with bounds: T ≤ 1024, batch ≤ 2^20, 0 ≤ seed < 2^32, 0 < lr ≤ 1000), `--out`
+#   (not a file, not below a file, writable) and the data are checked before `DIR` is created, so a refused run
+#   leaves no empty folder behind.
+# * **One line, never a traceback.** A training loss that is not finite stops the run (the checkpoint keeps the
+#   last good epoch; `metrics.jsonl` is strict JSON); a full disk or Ctrl-C says where the run stands and how to
+#   `--resume`. Without a terminal (a log file, `nohup`, CI) each epoch prints one line.
+# * **Other outputs.** `pttfs-eval` (default `RUN/eval.json`) and `pttfs-bench` check `--out` before any work and
+#   never replace an existing file; `--overwrite` replaces only an earlier output of the same command. Both take
+#   the device as `pttfs-train` does: `cuda` when present, else `cpu`.
+#
+# ## Read it as a website; contribute
+#
+# `bash .ci/site` turns the committed, executed notebooks into a static book in `_site/` without running them:
+# one page per chapter with a table of contents, previous and next links, typeset equations, figures, code and
+# its outputs, including the `show_doc` API blocks. Open `_site/index.html`; it works offline, since MathJax is
+# served from the site itself. It is built with nbconvert, because nbconvert is already a development dependency
+# and renders exactly what the notebooks store; one small template adds the navigation. (Quarto, which nbdev's
+# own `nbdev_docs` needs, cannot be installed here; Sphinx with myst-nb or mkdocs-jupyter would add a second
+# toolchain for the same pages.) `bash .ci/site --check` then opens every page in headless Chromium and fails on a
+# missing page, untypeset TeX, an image that does not load or a dead internal link; CI runs it.
+#
+# How to change the book, and what CI checks, is in [CONTRIBUTING.md](CONTRIBUTING.md): the notebooks are the
+# source, and their stored outputs are tests.
+
+# %%
+#| hide
+# NBVAL_SKIP
+import nbdev; nbdev.nbdev_export()
