@@ -342,7 +342,7 @@ def check_out_file(p, out: str,
     except OSError as e: p.error(f"--out {out}: cannot write there ({e.strerror or e})")
     return path
 
-
+# %% ../nbs/08_benchmark.ipynb #6b161653
 def parse_args(argv=None):
     p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
     p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
@@ -390,7 +390,7 @@ def _write_json(result: dict, path: str):
         with open(tmp, 'w') as f: json.dump(result, f, indent=1)
     atomic_write(path, write)
 
-
+# %% ../nbs/08_benchmark.ipynb #ebbb4027
 def run(args) -> dict:
     "Run the benchmarks for parsed arguments; write and return the result."
     from tqdm import tqdm

@@ -111,21 +111,10 @@ def ablation(dataset: str = 'digits', schedule: str = '1:12,2:4,4:4',
         atomic_write(out, write)
     return rows
 
-# %% ../nbs/14_evaluation.ipynb #3e4450c0
-def evaluate_run(run_dir: str,  # a pttfs-train run folder
-                 T: int = None,  # time steps (default: the T of the run's last stage)
-                 decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
-                 full: bool = False,  # compute all T steps instead of stopping at each decision
-                 batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
-                 test_set=None,  # the test split (default: loaded from data_dir)
-                 keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
-                ) -> dict:
-    "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
-    from tqdm import tqdm
-    from torch.utils.data import DataLoader
-    from pttfs.train import (RunError, load_checkpoint, parse_schedule, decision_table, add_spike_counts, model_for,
-                             run_settings, autocast_for, checked_settings, network_signature, MAX_T)
-    from pttfs.data import load_dataset
+# %% ../nbs/14_evaluation.ipynb #8dc6b929
+def _run_model(run_dir: str, T: int = None, decoder_threshold: float = None) -> tuple:
+    "(settings, model with the trained weights, T, threshold) of a run folder, every setting checked; a RunError otherwise."
+    from pttfs.train import RunError, load_checkpoint, parse_schedule, model_for, checked_settings, network_signature, MAX_T
     path = os.path.join(run_dir, 'last.pt')
     if not os.path.isdir(run_dir): raise RunError(f"{run_dir}: no such run folder")
     if not os.path.exists(path): raise RunError(f"{run_dir} holds no checkpoint (last.pt): is it a pttfs-train run folder?")
@@ -146,6 +135,23 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
         raise RunError(f"{path} holds another network than its settings describe (the file was edited)")
     try: model.load_state_dict(state['model'])
     except RuntimeError: raise RunError(f"{path} does not fit the network its settings describe") from None
+    return settings, model, T, threshold
+
+# %% ../nbs/14_evaluation.ipynb #3e4450c0
+def evaluate_run(run_dir: str,  # a pttfs-train run folder
+                 T: int = None,  # time steps (default: the T of the run's last stage)
+                 decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
+                 full: bool = False,  # compute all T steps instead of stopping at each decision
+                 batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
+                 test_set=None,  # the test split (default: loaded from data_dir)
+                 keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
+                ) -> dict:
+    "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
+    from tqdm import tqdm
+    from torch.utils.data import DataLoader
+    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for
+    from pttfs.data import load_dataset
+    settings, model, T, threshold = _run_model(run_dir, T, decoder_threshold)
     model.to(device).eval()
     if not full and not isinstance(model.decoder, TemporalSelectorDecoder):
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")

@@ -61,7 +61,7 @@ def _announce_build(name: str):
     print(f"pttfs: compiling the fused CPU kernel ({KERNEL_FILE.name}) into {folder}; this happens once per install "
           f"and takes about a minute", file=sys.stderr, flush=True)
 
-
+# %% ../nbs/07_fused.ipynb #eaf8cfd6
 def load_fused_extension():
     "The compiled fused kernel (built on first call), or None if it cannot be built; the reason is in `fused_error()`."
     if _state['extension'] is not None or _state['error'] is not None: return _state['extension']

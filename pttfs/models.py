@@ -114,7 +114,7 @@ def check_exits_early(body: nn.Module):
 # %% ../nbs/12_models.ipynb #5dfb1b4e
 Prediction = namedtuple('Prediction', 'logits t_first steps_computed')
 
-
+# %% ../nbs/12_models.ipynb #98a695de
 class SpikingClassifier(nn.Module):
     "Direct encoding over T steps, a spiking body, a decoder: images [B, ...] -> (logits [B, K], decision step [B])."
     def __init__(self, body: nn.Sequential, decoder: nn.Module):
@@ -170,7 +170,7 @@ class SpikingClassifier(nn.Module):
                 m.step_mode, m.stateful, m.sequence_length = mode, stateful, length; m.reset()
         return Prediction(logits, decision, steps)
 
-
+# %% ../nbs/12_models.ipynb #d85b009b
 def build_model(dataset: str = 'digits',  # a name in DATASETS
                 architecture: str = 'scnn',  # 'scnn' or 'cifar'
                 decoder: str = 'tsd',  # a name in DECODERS (baselines: 'rate', read out as the PSN paper does)

@@ -100,7 +100,7 @@ def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
         rows.append(dict(t=t, fraction=n / len(decision), accuracy=correct[at_t].sum().item() / n if n else None))
     return rows
 
-
+# %% ../nbs/13_train.ipynb #10d299b3
 def add_spike_counts(per_step: list, decision: Tensor, all_steps: dict, to_decision: dict):
     "Add one full pass's recorded spikes to per-layer totals: over all its steps, and up to each sample's decision."
     for name, counts in per_step:                     # [T, samples]; a chip that stops at t_1st spends only these
@@ -200,7 +200,7 @@ def check_out_path(out: str) -> str:
     if not os.access(existing, os.W_OK | os.X_OK): raise RunError(f"--out {out}: {existing} is not writable")
     return path
 
-
+# %% ../nbs/13_train.ipynb #3ed76595
 class RunFolder:
     "A run's folder, locked (an OS file lock, released on exit or kill) while one process writes it."
     def __init__(self, out: str): self.path, self.created, self.fd = os.path.abspath(out), False, None
@@ -606,6 +606,24 @@ def _write_summary(out: str, summary: dict, history: list):
         with open(tmp, 'w') as f: json.dump(summary, f, indent=1, allow_nan=False)
     atomic_write(os.path.join(out, 'summary.json'), write)
 
+# %% ../nbs/13_train.ipynb #e0d09dd8
+def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple:
+    "The run's model, optimizer and cosine schedule over all epochs, fresh (seeded) or as the checkpoint left them."
+    torch.manual_seed(args.seed); random.seed(args.seed)
+    model = model_for(vars(args)).to(device)
+    if args.optimizer == 'sgd': optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    else: optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if state is not None:
+        if state.get('network', network_signature(model)) != network_signature(model):
+            raise RunError(f"--resume: {args.out}/last.pt holds another network than its settings describe")
+        try:
+            model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"--resume: {args.out}/last.pt does not fit this model ({type(e).__name__})") from None
+    return model, optimizer, scheduler
+
 # %% ../nbs/13_train.ipynb #11bdde4a
 def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dict:
     from tqdm import tqdm
@@ -619,20 +637,9 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
             return _finished_run(args, state, len(epochs)) if rank == 0 else None
         if rank == 0: print(f"pttfs-train: {args.out} has {last_epoch} epochs; writing its missing summary.json", file=sys.stderr)
 
-    torch.manual_seed(args.seed); random.seed(args.seed)
-    model = model_for(vars(args)).to(device)
-    if args.optimizer == 'sgd': optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    else: optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(epochs))
+    model, optimizer, scheduler = _model_and_optimizer(args, device, len(epochs), state)
     history, epochs_done, seconds_before = [], 0, 0.0
     if state is not None:
-        if state.get('network', network_signature(model)) != network_signature(model):
-            raise RunError(f"--resume: {args.out}/last.pt holds another network than its settings describe")
-        try:
-            model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
-            scheduler.load_state_dict(state['scheduler'])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise RunError(f"--resume: {args.out}/last.pt does not fit this model ({type(e).__name__})") from None
         history, epochs_done, seconds_before = state['history'], state['epochs_done'], state.get('wall_seconds', 0.0)
         if rank == 0: write_metrics(args.out, history)   # the checkpoint's rows: a kill may have left the file one short
     args.epochs_saved = epochs_done

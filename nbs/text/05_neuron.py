@@ -81,6 +81,42 @@ check_spikingjelly_args({})
 
 # %%
 #| export
+def _check_module_args(num_channels, channel_dim, backend: str, step_mode: str, learnable_threshold: bool, **flags) -> str:
+    "The backend to use ('parallel' is 'auto'); a ValueError or TypeError that names the first bad argument."
+    if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
+        raise ValueError(f"num_channels must be a positive int or None, got {num_channels!r}")
+    if not isinstance(channel_dim, int) or channel_dim < 1:
+        raise ValueError(f"channel_dim must be an int >= 1 (dim 0 is time), got {channel_dim!r}")
+    if backend == 'parallel': backend = 'auto'
+    if backend not in ('auto', 'sequential', *PARALLEL_BACKENDS):
+        raise ValueError(f"backend must be 'auto', 'sequential' or one of {list(PARALLEL_BACKENDS)}, got {backend!r}")
+    if step_mode not in ('s', 'm'): raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+    for name, flag in dict(flags, learnable_threshold=learnable_threshold).items():
+        if not isinstance(flag, bool): raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if learnable_threshold and backend not in ('auto', 'torch', 'sequential'):
+        raise ValueError(f"learnable_threshold=True runs on backend 'auto', 'torch' or 'sequential', not {backend!r}")
+    return backend
+
+
+def _initial_tau(tau, v_threshold, surrogate, force_last: bool, num_channels) -> tuple:
+    "(initial τ as a tensor, num_channels, V_th): one τ, or one per channel from a 1-d tensor; checked as chapter 1 checks."
+    if isinstance(tau, Tensor) and tau.numel() == 1: tau = tau.item()
+    if isinstance(v_threshold, Tensor) and v_threshold.numel() == 1: v_threshold = v_threshold.item()
+    if isinstance(tau, Tensor):                                  # one initial τ per channel
+        if tau.dim() != 1 or num_channels not in (None, tau.numel()):
+            raise ValueError(f"tau must be a number, or a 1-d tensor with one initial value per channel "
+                             f"(num_channels={num_channels}); got a tensor of shape {tuple(tau.shape)}")
+        num_channels = tau.numel()
+        check_neuron_args(torch.zeros(1, num_channels), tau, v_threshold, surrogate, force_last)
+        initial = tau.detach().to(torch.get_default_dtype()).clone()
+    else:
+        check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
+        initial = torch.full(() if num_channels is None else (num_channels,), float(tau))
+    return initial, num_channels, v_threshold
+
+
+# %%
+#| export
 class AMOSLIF(nn.Module):
     "At-Most-One-Spike LIF neurons, SpikingJelly-style: one step [*] per call by default, or [T, *] with step_mode='m'."
     def __init__(self,
@@ -106,31 +142,10 @@ class AMOSLIF(nn.Module):
             if not isinstance(surrogate, Sigmoid) or surrogate.alpha != Sigmoid().alpha:
                 raise ValueError("pass the surrogate once: surrogate= or SpikingJelly's surrogate_function=, not both")
             surrogate = surrogate_function
-        if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
-            raise ValueError(f"num_channels must be a positive int or None, got {num_channels!r}")
-        if not isinstance(channel_dim, int) or channel_dim < 1:
-            raise ValueError(f"channel_dim must be an int >= 1 (dim 0 is time), got {channel_dim!r}")
-        if backend == 'parallel': backend = 'auto'
-        if backend not in ('auto', 'sequential', *PARALLEL_BACKENDS):
-            raise ValueError(f"backend must be 'auto', 'sequential' or one of {list(PARALLEL_BACKENDS)}, got {backend!r}")
-        if step_mode not in ('s', 'm'): raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
-        for name, flag in [('learnable_tau', learnable_tau), ('learnable_threshold', learnable_threshold),
-                           ('return_membrane', return_membrane), ('stateful', stateful), ('store_v_seq', store_v_seq)]:
-            if not isinstance(flag, bool): raise TypeError(f"{name} must be a bool, got {flag!r}")
-        if learnable_threshold and backend not in ('auto', 'torch', 'sequential'):
-            raise ValueError(f"learnable_threshold=True runs on backend 'auto', 'torch' or 'sequential', not {backend!r}")
-        if isinstance(tau, Tensor) and tau.numel() == 1: tau = tau.item()
-        if isinstance(v_threshold, Tensor) and v_threshold.numel() == 1: v_threshold = v_threshold.item()
-        if isinstance(tau, Tensor):                                  # one initial τ per channel
-            if tau.dim() != 1 or num_channels not in (None, tau.numel()):
-                raise ValueError(f"tau must be a number, or a 1-d tensor with one initial value per channel "
-                                 f"(num_channels={num_channels}); got a tensor of shape {tuple(tau.shape)}")
-            num_channels = tau.numel()
-            check_neuron_args(torch.zeros(1, num_channels), tau, v_threshold, surrogate, force_last)
-            initial = tau.detach().to(torch.get_default_dtype()).clone()
-        else:
-            check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
-            initial = torch.full(() if num_channels is None else (num_channels,), float(tau))
+        backend = _check_module_args(num_channels, channel_dim, backend, step_mode, learnable_threshold,
+                                     learnable_tau=learnable_tau, return_membrane=return_membrane,
+                                     stateful=stateful, store_v_seq=store_v_seq)
+        initial, num_channels, v_threshold = _initial_tau(tau, v_threshold, surrogate, force_last, num_channels)
         self.surrogate, self.force_last = surrogate, force_last
         self.num_channels, self.channel_dim = num_channels, channel_dim
         self.return_membrane, self.backend, self.learnable_tau = return_membrane, backend, learnable_tau
@@ -183,32 +198,6 @@ class AMOSLIF(nn.Module):
                                                  backend=self.backend, return_membrane=want_membrane or keep_v_seq)
         if keep_v_seq: self.v_seq = membrane
         return (spikes, membrane) if want_membrane else spikes
-
-    def _continue(self, x: Tensor) -> tuple:
-        "Run [T, *] from the carried state and carry the new one (`amos_lif_continued`, below)."
-        force_at = None
-        if self.force_last:                      # Eq. 7 forces a spike at T-1: the neuron must know where T-1 is
-            if self.sequence_length is None or (torch.is_grad_enabled() and x.requires_grad):
-                raise ValueError("force_last=True in step_mode='s' or stateful=True needs the sequence's length "
-                                 "(set .sequence_length = T) and runs in inference only (torch.no_grad())")
-            force_at = self.sequence_length - 1 - self.steps_seen
-        if self.membrane_state is not None and self.membrane_state.shape != x.shape[1:]:
-            raise ValueError(f"the carried state is for steps of shape {tuple(self.membrane_state.shape)}, this input's are "
-                             f"{tuple(x.shape[1:])}: call reset() before a new sequence")
-        low_precision = x.dtype in (torch.float16, torch.bfloat16)   # the carried state stays float32, as in one call
-        spikes, membrane, self.fired_state = amos_lif_continued(x.float() if low_precision else x, self._tau_for(x),
-                                                                self.v_threshold, self.surrogate, self.membrane_state,
-                                                                self.fired_state)
-        if force_at is not None and 0 <= force_at < x.shape[0]:           # Eq. 7 at the sequence's last step
-            forced = (self.fired_state == 0).to(spikes.dtype)
-            spikes = spikes.clone(); spikes[force_at] += forced; self.fired_state = self.fired_state + forced
-        self.membrane_state, self.steps_seen = membrane[-1], self.steps_seen + x.shape[0]
-        return (spikes.to(x.dtype), membrane.to(x.dtype)) if low_precision else (spikes, membrane)
-
-    def select_state(self, keep: Tensor):
-        "Keep the carried state of the samples `keep` selects (an index or mask over dim 0 of a step): dropping decided samples."
-        if self.membrane_state is not None:
-            self.membrane_state, self.fired_state = self.membrane_state[keep], self.fired_state[keep]
 
     def extra_repr(self) -> str:
         tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
@@ -453,6 +442,39 @@ def amos_lif_continued(x: Tensor,  # input current of the next steps, [T, *]
             spikes, H = _ContinuedAMOSLIF.apply(compute, tau, threshold, membrane0, fired0, surrogate)
     fired_after = fired0 + spikes.sum(0)                          # F[T-1], differentiable like the loop's mask
     return spikes.to(x.dtype), H.to(x.dtype), fired_after
+
+
+# %%
+#| export
+# The module's carried-state path (step_mode='s', or stateful=True), attached to the class defined above.
+def _continue(self, x: Tensor) -> tuple:
+    "Run [T, *] from the carried state and carry the new one (`amos_lif_continued`, above)."
+    force_at = None
+    if self.force_last:                      # Eq. 7 forces a spike at T-1: the neuron must know where T-1 is
+        if self.sequence_length is None or (torch.is_grad_enabled() and x.requires_grad):
+            raise ValueError("force_last=True in step_mode='s' or stateful=True needs the sequence's length "
+                             "(set .sequence_length = T) and runs in inference only (torch.no_grad())")
+        force_at = self.sequence_length - 1 - self.steps_seen
+    if self.membrane_state is not None and self.membrane_state.shape != x.shape[1:]:
+        raise ValueError(f"the carried state is for steps of shape {tuple(self.membrane_state.shape)}, this input's are "
+                         f"{tuple(x.shape[1:])}: call reset() before a new sequence")
+    low_precision = x.dtype in (torch.float16, torch.bfloat16)   # the carried state stays float32, as in one call
+    spikes, membrane, self.fired_state = amos_lif_continued(x.float() if low_precision else x, self._tau_for(x),
+                                                            self.v_threshold, self.surrogate, self.membrane_state,
+                                                            self.fired_state)
+    if force_at is not None and 0 <= force_at < x.shape[0]:           # Eq. 7 at the sequence's last step
+        forced = (self.fired_state == 0).to(spikes.dtype)
+        spikes = spikes.clone(); spikes[force_at] += forced; self.fired_state = self.fired_state + forced
+    self.membrane_state, self.steps_seen = membrane[-1], self.steps_seen + x.shape[0]
+    return (spikes.to(x.dtype), membrane.to(x.dtype)) if low_precision else (spikes, membrane)
+
+def select_state(self, keep: Tensor):
+    "Keep the carried state of the samples `keep` selects (an index or mask over dim 0 of a step): dropping decided samples."
+    if self.membrane_state is not None:
+        self.membrane_state, self.fired_state = self.membrane_state[keep], self.fired_state[keep]
+
+
+AMOSLIF._continue, AMOSLIF.select_state = _continue, select_state
 
 
 # %% [markdown]

@@ -178,6 +178,8 @@ def _announce_build(name: str):
           f"and takes about a minute", file=sys.stderr, flush=True)
 
 
+# %%
+#| export
 def load_fused_extension():
     "The compiled fused kernel (built on first call), or None if it cannot be built; the reason is in `fused_error()`."
     if _state['extension'] is not None or _state['error'] is not None: return _state['extension']

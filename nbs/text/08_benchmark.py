@@ -474,6 +474,8 @@ def check_out_file(p, out: str,
     return path
 
 
+# %%
+#| export
 def parse_args(argv=None):
     p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
     p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
@@ -522,6 +524,8 @@ def _write_json(result: dict, path: str):
     atomic_write(path, write)
 
 
+# %%
+#| export
 def run(args) -> dict:
     "Run the benchmarks for parsed arguments; write and return the result."
     from tqdm import tqdm

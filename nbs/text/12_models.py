@@ -187,6 +187,8 @@ def check_exits_early(body: nn.Module):
 Prediction = namedtuple('Prediction', 'logits t_first steps_computed')
 
 
+# %%
+#| export
 class SpikingClassifier(nn.Module):
     "Direct encoding over T steps, a spiking body, a decoder: images [B, ...] -> (logits [B, K], decision step [B])."
     def __init__(self, body: nn.Sequential, decoder: nn.Module):
@@ -243,6 +245,8 @@ class SpikingClassifier(nn.Module):
         return Prediction(logits, decision, steps)
 
 
+# %%
+#| export
 def build_model(dataset: str = 'digits',  # a name in DATASETS
                 architecture: str = 'scnn',  # 'scnn' or 'cifar'
                 decoder: str = 'tsd',  # a name in DECODERS (baselines: 'rate', read out as the PSN paper does)

@@ -225,7 +225,7 @@ for dataset in ('digits', 'mnist'):
 #
 # ## MNIST on this CPU
 #
-# Full training runs on the real MNIST (60,000 / 10,000 images, `../shared/data` on the project's machines), their
+# Full training runs on the real MNIST (60,000 / 10,000 images, read from `--data-dir`), their
 # metrics stored in `benchmarks/mnist-*.json` with the exact command and the wall-clock time of the whole run:
 
 # %%
@@ -332,8 +332,8 @@ test_eq(gap <= 0.1, True)
 #
 # MNIST is too easy to show what the decoder does: the TSD decides at the first step for almost every image, and the
 # decoders end within a few tenths of a point. Fashion-MNIST is the next set in the paper's tables: 93.14 % (Table 1)
-# at 1.83 average inference steps (Table 2). The data lie in `../shared/data` on this project's machines; chapter 11
-# names the two routes to them for everyone else.
+# at 1.83 average inference steps (Table 2). Chapter 11 names the routes to the
+# data (torchvision's download, or Debian's `dataset-fashion-mnist`).
 #
 # ### The recipe
 #
@@ -403,9 +403,9 @@ print_decisions({'recipe, T=4': recipe['summary']['decisions']})
 # do not teach the network to use those late steps.
 #
 # A second attempt gave the later stages three epochs each, from a learning rate still a fifth of its peak
-# (`1:14,2:3,4:3`, float32). It had to be stopped after 18 of its 20 epochs, 49 minutes in, for lack of time
-# (`benchmarks/fmnist-longer-stages-partial.json`). It was heading for more than 60 minutes, and its first T = 4
-# epoch had not recovered either. The last epoch of each stage in both runs:
+# (`1:14,2:3,4:3`, float32). The stored run holds 18 of its 20 epochs
+# (`benchmarks/fmnist-longer-stages-partial.json`; `benchmarks/README.md` says why it stops there), and its first
+# T = 4 epoch had not recovered either. The last epoch of each stage in both runs:
 
 # %%
 longer = json.load(open('../benchmarks/fmnist-longer-stages-partial.json'))
@@ -571,9 +571,8 @@ for r in precision['rows']:
 #     --schedule 1:60,2:20,4:20 --out runs/fmnist
 # ```
 #
-# CIFAR-10/100 cannot be downloaded on this project's machines, and the GPU machine lent to some sessions has no
-# internet either, so no CIFAR run is stored here. One epoch of `--recipe psn` runs end to end on `FakeData` in the
-# tests (`tests/test_protocol.py`).
+# No CIFAR run is stored in `benchmarks/`; one epoch of `--recipe psn` runs end to end on `FakeData` in the tests
+# (`tests/test_protocol.py`).
 
 # %% [markdown]
 # ## Inference that stops at the decision: `pttfs-eval`
@@ -596,20 +595,9 @@ for r in precision['rows']:
 
 # %%
 #| export
-def evaluate_run(run_dir: str,  # a pttfs-train run folder
-                 T: int = None,  # time steps (default: the T of the run's last stage)
-                 decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
-                 full: bool = False,  # compute all T steps instead of stopping at each decision
-                 batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
-                 test_set=None,  # the test split (default: loaded from data_dir)
-                 keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
-                ) -> dict:
-    "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
-    from tqdm import tqdm
-    from torch.utils.data import DataLoader
-    from pttfs.train import (RunError, load_checkpoint, parse_schedule, decision_table, add_spike_counts, model_for,
-                             run_settings, autocast_for, checked_settings, network_signature, MAX_T)
-    from pttfs.data import load_dataset
+def _run_model(run_dir: str, T: int = None, decoder_threshold: float = None) -> tuple:
+    "(settings, model with the trained weights, T, threshold) of a run folder, every setting checked; a RunError otherwise."
+    from pttfs.train import RunError, load_checkpoint, parse_schedule, model_for, checked_settings, network_signature, MAX_T
     path = os.path.join(run_dir, 'last.pt')
     if not os.path.isdir(run_dir): raise RunError(f"{run_dir}: no such run folder")
     if not os.path.exists(path): raise RunError(f"{run_dir} holds no checkpoint (last.pt): is it a pttfs-train run folder?")
@@ -630,6 +618,25 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
         raise RunError(f"{path} holds another network than its settings describe (the file was edited)")
     try: model.load_state_dict(state['model'])
     except RuntimeError: raise RunError(f"{path} does not fit the network its settings describe") from None
+    return settings, model, T, threshold
+
+
+# %%
+#| export
+def evaluate_run(run_dir: str,  # a pttfs-train run folder
+                 T: int = None,  # time steps (default: the T of the run's last stage)
+                 decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
+                 full: bool = False,  # compute all T steps instead of stopping at each decision
+                 batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
+                 test_set=None,  # the test split (default: loaded from data_dir)
+                 keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
+                ) -> dict:
+    "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
+    from tqdm import tqdm
+    from torch.utils.data import DataLoader
+    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for
+    from pttfs.data import load_dataset
+    settings, model, T, threshold = _run_model(run_dir, T, decoder_threshold)
     model.to(device).eval()
     if not full and not isinstance(model.decoder, TemporalSelectorDecoder):
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")

@@ -147,7 +147,7 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # The two fused kernels run one lane per neuron, sequential over $t$, and compute the same closed forms as the
 # textbook (the second fake spike, the reversed recursion). That is the right shape when there are many more
 # neurons than time steps, as in every layer of these networks; the textbook backend's scan, parallel over time,
-# should be the better one for a few neurons over very long sequences (not measured here). So the CPU speed-ups below measure fusion and the
+# should be the better one for a few neurons over very long sequences; no stored benchmark measures that yet. So the CPU speed-ups below measure fusion and the
 # closed-form backward, not a time-parallel scan.
 #
 # All of them pass the same exactness checks against the sequential reference. If the C++ kernel cannot be built
@@ -157,10 +157,7 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # two threads each on two cores ran 1.6 times slower than with one each, and a run beside a busy process 1.4 times
 # slower with two than with one (`benchmarks/threads.txt`). The default stays torch's, so that a run's numbers do
 # not depend on what else the machine was doing. To time the neuron against SpikingJelly (`pip install -e ".[bench]"`): `pttfs-bench --out bench.json`. The
-# committed results (`benchmarks/`) and what they show are in chapter 8: on this project's 2-core CPU the
-# fused backend is faster than both SpikingJelly neurons at every point of the sweep, in training and inference;
-# 29 of the 31 speed targets are met, and the chapter shows why the other two (10× LIF at N = 2^18, T = 256)
-# are out of reach on that machine.
+# committed results (`benchmarks/`, each with its machine) and what they show are in chapter 8.
 #
 # ## The contract
 #
