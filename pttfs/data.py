@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'DIGITS_TRAIN', 'AUGMENTATIONS', 'DEBIAN_PACKAGES', 'digits_dataset', 'dataset_transform', 'load_dataset',
-           'direct_encode']
+           'TensorBatches', 'TensorImages', 'tensor_images', 'direct_encode']
 
 # %% ../nbs/11_data.ipynb #8a98b4e7
 import os
@@ -62,6 +62,7 @@ def load_dataset(name: str,  # one of DATASETS
                  train: bool = True,
                  download: bool = False,  # let torchvision download what is missing
                  augment=None,  # training augmentation (see dataset_transform); None: CIFAR yes, the others no
+                 in_memory: bool = False,  # the whole split as `TensorImages` (below): the same images, batches much faster
                 ) -> Dataset:
     "The train or test split of a dataset, transformed as described above."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -70,7 +71,8 @@ def load_dataset(name: str,  # one of DATASETS
     cls = {'mnist': tvd.MNIST, 'fashion-mnist': tvd.FashionMNIST, 'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
     transform = dataset_transform(name, train, augment)
     try:
-        return cls(root=data_dir, train=train, download=download, transform=transform)
+        dataset = cls(root=data_dir, train=train, download=download, transform=transform)
+        return tensor_images(dataset, name, augment if train else False) if in_memory else dataset
     except RuntimeError as e:
         if download: raise
         raw = os.path.join(os.path.abspath(data_dir), getattr(cls, 'base_folder', os.path.join(cls.__name__, 'raw')))
@@ -78,6 +80,68 @@ def load_dataset(name: str,  # one of DATASETS
                   f"gunzip its files into {raw}" if name in DEBIAN_PACKAGES else '')
         raise FileNotFoundError(f"{name} not found under {raw} ({e}); pass --download to fetch it{debian}, "
                                 f"or --data-dir to point at a folder that holds it") from None
+
+# %% ../nbs/11_data.ipynb #af066aec
+class TensorBatches:
+    "An epoch's batches of a `TensorImages`: iterable once per `iter`, with a length, like a DataLoader."
+    def __init__(self, data, batch_size: int, generator=None): self.data, self.batch_size, self.generator = data, batch_size, generator
+    def __len__(self): return -(-len(self.data) // self.batch_size)
+    def __iter__(self):
+        if self.generator is None: order = torch.arange(len(self.data))
+        else:                                          # what DataLoader(shuffle=True, generator=g) draws: a seed, then the order
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            order = torch.randperm(len(self.data), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            yield self.data.augment(self.data.images[chosen], self.generator), self.data.labels[chosen]
+
+
+class TensorImages(Dataset):
+    "A split as one normalised float32 tensor, with random crops (and flips) applied a batch at a time."
+    def __init__(self, images: Tensor,  # [N, C, H, W], normalised
+                 labels: Tensor,  # [N] class indices
+                 fill: Tensor,  # [C]: a black pixel after normalisation, the crops' padding
+                 padding: int = 0,  # random crops: pad by this many pixels on each side (0: none)
+                 flip: bool = False,  # random horizontal flips
+                ):
+        self.images, self.labels, self.fill, self.padding, self.flip = images, labels, fill, padding, flip
+
+    def __len__(self): return len(self.labels)
+    def __getitem__(self, i): return self.augment(self.images[i:i + 1])[0], int(self.labels[i])
+    def subset(self, indices: Tensor): return TensorImages(self.images[indices], self.labels[indices], self.fill, self.padding, self.flip)
+    def batches(self, batch_size: int, generator=None) -> TensorBatches:
+        "Shuffled and augmented batches drawn with `generator`; without one, in order (augmented with torch's global RNG)."
+        return TensorBatches(self, batch_size, generator)
+
+    def augment(self, images: Tensor, generator=None) -> Tensor:
+        "Steps 3 and 4 above on a batch [B, C, H, W]."
+        B, C, H, W = images.shape
+        if self.padding:
+            p = self.padding
+            padded = self.fill.view(1, C, 1, 1).repeat(B, 1, H + 2 * p, W + 2 * p)
+            padded[:, :, p:p + H, p:p + W] = images
+            dy, dx = torch.randint(0, 2 * p + 1, (2, B), generator=generator)
+            rows, cols = dy[:, None] + torch.arange(H), dx[:, None] + torch.arange(W)      # [B, H], [B, W]
+            images = padded.permute(0, 2, 3, 1)[torch.arange(B)[:, None, None], rows[:, :, None], cols[:, None, :]]
+            images = images.permute(0, 3, 1, 2).contiguous()                                  # [B, H, W, C] -> [B, C, H, W]
+        if self.flip:
+            flipped = torch.rand(B, generator=generator) < 0.5
+            images = torch.where(flipped.view(B, 1, 1, 1), images.flip(-1), images)
+        return images
+
+# %% ../nbs/11_data.ipynb #bb8ae9e8
+def tensor_images(dataset, name: str, augment=None) -> TensorImages:
+    "A torchvision MNIST/Fashion-MNIST/CIFAR split as `TensorImages`: steps 1-4 above, for `augment` None, False or True."
+    if augment not in (None, False, True): raise ValueError(f"in memory: augment None, False or True (crops and flips), got {augment!r}")
+    if augment is None: augment = name.startswith('cifar')
+    info = DATASETS[name]
+    images = torch.as_tensor(dataset.data)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)   # MNIST [N, H, W]; CIFAR [N, H, W, C]
+    mean, std = (torch.as_tensor(info[key], dtype=torch.float32).view(-1, 1, 1) for key in ('mean', 'std'))
+    images = images.contiguous().float().div(255).sub_(mean).div_(std)                  # ToTensor, then Normalize
+    fill = ((torch.zeros(info['channels'], 1, 1) - mean) / std).view(-1)
+    padding = (4 if name.startswith('cifar') else 2) if augment else 0
+    return TensorImages(images, torch.as_tensor(dataset.targets, dtype=torch.long), fill, padding, bool(augment) and name.startswith('cifar'))
 
 # %% ../nbs/11_data.ipynb #8c465151
 def direct_encode(images: Tensor,  # [B, C, H, W]

@@ -145,7 +145,7 @@ def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=T
     if return_membrane or learns_tau:                      # H is an output or feeds the τ gradient: store it
         return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
     tau_flat, tau_scalar = flat_tau(tau, x)                # otherwise recompute it, in the C++ autograd node
-    return load_fused_extension().amos_lif_recompute(x, _EMPTY_OF[x.dtype] if tau_flat is None else tau_flat, tau_scalar,
+    return load_fused_extension().amos_lif_recompute(x, _EMPTY_OF[torch.float32 if x.dtype == torch.bfloat16 else x.dtype] if tau_flat is None else tau_flat, tau_scalar,
                                                      v_threshold, force_last, _SURROGATE_KIND[type(surrogate)], surrogate.alpha), None
 
-register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',))
+register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',), reads_bfloat16=True)

@@ -13,7 +13,7 @@ from .surrogate import Sigmoid, surrogate_derivative
 from .dynamics import check_neuron_args, tau_tensor
 from .charging import leaky_scan
 from .first_spike import fake_spikes, first_spike_index, amos_lif_forward
-from .backends import register_backend, backend_function
+from .backends import register_backend, backend_function, reads_bfloat16
 from .backends import PARALLEL_BACKENDS, choose_backend   # importable from here too, as before chapter 6 held them
 
 # %% ../nbs/04_backward.ipynb #628495df
@@ -127,11 +127,15 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                      ) -> tuple:  # (spikes S, membrane H), both shaped like x
     "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
     check_neuron_args(x, tau, v_threshold, surrogate, force_last)
-    compute = x.to(torch.float32) if x.dtype in _LOW_PRECISION else x
-    if isinstance(tau, Tensor): tau = tau.to(dtype=compute.dtype, device=compute.device)
+    low = x.dtype in _LOW_PRECISION                # computed in float32: the backend is chosen as for a float32 x ...
+    like = x.new_empty((1,) * x.dim(), dtype=torch.float32).expand(x.shape) if low else x
+    if isinstance(tau, Tensor): tau = tau.to(dtype=like.dtype, device=x.device)
     else: tau = float(tau)
-    v_threshold = _threshold_argument(v_threshold, compute)
-    function = backend_function(compute, tau, v_threshold, surrogate, backend)   # 'torch': AMOSLIFFunction (chapter 6)
+    v_threshold = _threshold_argument(v_threshold, like)
+    function = backend_function(like, tau, v_threshold, surrogate, backend)   # 'torch': AMOSLIFFunction (chapter 6)
+    uncast = (x.dtype == torch.bfloat16 and not return_membrane and reads_bfloat16(function)    # ... and one that reads
+              and not (isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled()))  # bfloat16 gets x as it is
+    compute = x.to(torch.float32) if low and not uncast else x
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(device_type=x.device.type, enabled=False):
             spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)

@@ -40,16 +40,19 @@ from nbdev.showdoc import show_doc
 PARALLEL_BACKENDS = {}  # name -> (function, supports, devices); 'auto' tries them newest first
 _remembered_choices = {}  # for a float τ: (device type, dtype, T ≥ 2^31, surrogate type, backend) -> backend name
 _warned_fallback = set()  # backends whose failed build has been reported
+BFLOAT16_BACKENDS = set()  # backends that read and write bfloat16 themselves (computing in float32) for spikes-only calls
 
 def register_backend(name: str,  # the name users pass as `backend=`
                      function,  # (x, tau, v_threshold, surrogate, force_last, return_membrane) -> (spikes, membrane or None); tau a float or a tensor
                      supports=lambda x, tau, surrogate: '',  # '' if it can run this call, else why not ("unavailable: ..." if it failed to load); with a float τ, remembered per x device, dtype, T ≥ 2^31 and surrogate type
                      devices=None,  # device types ('cpu', 'cuda') on which 'auto' may choose it; None: all
+                     reads_bfloat16: bool = False,  # it also takes bfloat16 x (spikes only, τ fixed), giving a float32 call's spikes and gradients
                     ):
     "Make `function` a backend of `amos_lif_parallel`; it receives x in float32/64, τ as a float or a tensor of x's dtype, autocast off."
     # A name registered again (a chapter's notebook re-running its own registration) keeps its place in the order,
     # so 'auto' does not start preferring, say, 'torch' over the compiled kernels in that process.
     PARALLEL_BACKENDS[name] = (function, supports, devices)
+    (BFLOAT16_BACKENDS.add if reads_bfloat16 else BFLOAT16_BACKENDS.discard)(name)
     _remembered_choices.clear()                 # a new backend can change what 'auto' picks
 
 
@@ -106,6 +109,11 @@ def backend_function(x: Tensor,  # the input, already in float32/64
                              f"requires grad) runs on backend 'torch' (or 'auto')")
         return PARALLEL_BACKENDS['torch'][0]
     return PARALLEL_BACKENDS[choose_backend(x, tau, surrogate, backend)][0]
+
+
+def reads_bfloat16(function) -> bool:
+    "Whether a function from `backend_function` belongs to a backend registered with `reads_bfloat16=True`."
+    return any(PARALLEL_BACKENDS[name][0] is function for name in BFLOAT16_BACKENDS)
 
 
 # %%

@@ -30,7 +30,7 @@ from nbdev.showdoc import show_doc
 from IPython.display import Markdown
 from pttfs.surrogate import Sigmoid, ATan
 from pttfs.parallel import amos_lif_parallel, PARALLEL_BACKENDS
-from pttfs.testing import compare_with_reference
+from pttfs.testing import compare_with_reference, diff_bucket
 from pttfs.dynamics import amos_lif_sequential
 torch.set_printoptions(precision=4, sci_mode=False)
 
@@ -287,7 +287,7 @@ class FusedAMOSLIFFunction(torch.autograd.Function):
 # %% [markdown]
 # It becomes the `'cpu-fused'` backend of `amos_lif_parallel` for what it supports: CPU tensors in float32 or
 # float64 with a `Sigmoid` or `ATan` surrogate (any other callable has no closed-form Θ' the kernel knows, so it
-# goes to `'torch'`).
+# goes to `'torch'`), and bfloat16 for the recomputing path described below (`reads_bfloat16=True`).
 
 # %%
 #| export
@@ -303,10 +303,10 @@ def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=T
     if return_membrane or learns_tau:                      # H is an output or feeds the τ gradient: store it
         return FusedAMOSLIFFunction.apply(x, tau, v_threshold, surrogate, force_last, return_membrane)
     tau_flat, tau_scalar = flat_tau(tau, x)                # otherwise recompute it, in the C++ autograd node
-    return load_fused_extension().amos_lif_recompute(x, _EMPTY_OF[x.dtype] if tau_flat is None else tau_flat, tau_scalar,
+    return load_fused_extension().amos_lif_recompute(x, _EMPTY_OF[torch.float32 if x.dtype == torch.bfloat16 else x.dtype] if tau_flat is None else tau_flat, tau_scalar,
                                                      v_threshold, force_last, _SURROGATE_KIND[type(surrogate)], surrogate.alpha), None
 
-register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',))
+register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',), reads_bfloat16=True)
 
 # %%
 from pttfs.parallel import choose_backend
@@ -375,6 +375,48 @@ for what, tau_value, membrane in [("one fixed tau", 2.0, False), ("fixed tau per
     print(f"grad_fn, {what + ':':22}", amos_lif_parallel(x_, tau_value, return_membrane=membrane)[0].grad_fn.name())
 print("recomputing backward vs BPTT, worst |dL/dX| difference below 1e-12:", worst < 1e-12)
 test_eq(worst < 1e-10, True)
+
+# %% [markdown]
+# ### Fewer bytes: bfloat16 currents and 8-bit spike times
+#
+# A hidden layer's call is memory traffic more than arithmetic: at $T = 1$ the kernel does a few dozen operations
+# per neuron and moves every byte of $x$, $S$, $t_f$, $t_{sf}$ and the gradients once. Two changes cut those bytes
+# without changing a single result:
+#
+# * **8-bit spike times.** The recomputing node keeps $t_f$ and $t_{sf}$ for the backward. Their values are
+#   $0, \dots, T-1$ and "none" ($T$), so for $T \le 255$ they fit in a byte: a quarter of int32's traffic.
+# * **bfloat16 in and out.** Under bfloat16 autocast (`pttfs-train --bf16`) the convolution hands the neuron a
+#   bfloat16 current. Casting it to float32, calling the float32 kernel and casting the spikes back costs two extra
+#   passes forward and two backward. The kernel can instead read bfloat16 and write bfloat16, computing in float32
+#   in between: widening bfloat16 to float32 is exact (the upper 16 bits of a float32), spikes are 0 or 1 in either
+#   type, and the gradient is rounded to bfloat16 once, to the nearest even, as PyTorch's cast rounds it. So the
+#   spikes and $\partial\mathcal L/\partial X$ must equal the cast path's bit for bit. (The backward keeps its
+#   float32 spatial terms in a scratch block between its two sweeps, rather than in the bfloat16 output.)
+#
+# Checked, for $T = 1$ and $3$ (8-bit times) and $300$ (int32), one τ and one per neuron, a random upstream gradient
+# and the gradient of a sum (one number broadcast, which the kernel reads without materialising it):
+
+# %%
+rows = []
+for T in (1, 3, 300):
+    for per_neuron in (False, True):
+        g = torch.Generator().manual_seed(T)
+        x = (1 + 1.5 * torch.randn(T, 4, 300, generator=g)).to(torch.bfloat16)
+        tau_value = 2 * (1 + torch.rand(300, generator=g)) if per_neuron else 2.0
+        upstream = torch.randn(T, 4, 300, generator=g).to(torch.bfloat16)
+        for how in ('random', 'sum'):
+            results = []
+            for uncast in (True, False):
+                x_ = x.clone().requires_grad_()
+                spikes = amos_lif_parallel(x_ if uncast else x_.float(), tau_value, 1.2, return_membrane=False)[0]
+                spikes = spikes.to(torch.bfloat16)                        # a no-op for the uncast call
+                (spikes * upstream if how == 'random' else spikes).sum().backward()
+                results.append((spikes.detach(), x_.grad))
+            (s_native, g_native), (s_cast, g_cast) = results
+            test_eq(g_native.dtype, torch.bfloat16)
+            test_eq((torch.equal(s_native, s_cast), torch.equal(g_native, g_cast)), (True, True))   # bit for bit
+            rows.append(f"T={T:3} τ {'per neuron' if per_neuron else 'one       '} {how:6} | spikes {diff_bucket(s_native.float(), s_cast.float()):6} | dL/dX {diff_bucket(g_native.float(), g_cast.float())}")
+print('\n'.join(rows))
 
 # %% [markdown]
 # `return_membrane=False` skips writing $H$ when nothing needs it (inference), and gives the same spikes:

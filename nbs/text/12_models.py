@@ -45,6 +45,56 @@ class SequenceWise(nn.Module):
 
 
 # %% [markdown]
+# Each block of the networks below ends in a 2×2 average pooling of spikes. `nn.AvgPool2d(2)` computes it with a
+# general window loop, which on a CPU takes several times as long as reading its input once. The window is fixed, so
+# we can write it as two additions of strided views, along the rows and then along the columns, and the backward as
+# one broadcast of $g/4$ (each input pixel receives a quarter of its window's gradient). On spikes, in {0, 1}, every
+# sum is a small whole number and multiplying by 1/4 is exact, so the output is `nn.AvgPool2d(2)`'s bit for bit; the
+# gradient is the same product $g \cdot 1/4$, also exact. (On other inputs the pairwise sums may round differently
+# in the last bit.)
+
+# %%
+#| export
+class _Pool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        pairs = x.view(B, C, H, W // 2, 2)
+        rows = (pairs[..., 0] + pairs[..., 1]).view(B, C, H // 2, 2, W // 2)      # [B, C, H, W/2]: column pairs summed
+        return (rows[:, :, :, 0] + rows[:, :, :, 1]).mul_(0.25)                      # then row pairs: the window's mean
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        B, C, h, w = grad.shape
+        return (grad * 0.25)[:, :, :, None, :, None].expand(B, C, h, 2, w, 2).reshape(B, C, 2 * h, 2 * w)
+
+
+class AvgPool2x2(nn.Module):
+    "`nn.AvgPool2d(2)` for even heights and widths, as two strided additions (bit for bit on spikes); odd sizes go to it."
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[-1] % 2 or x.shape[-2] % 2 or not x.is_contiguous(): return nn.functional.avg_pool2d(x, 2)
+        return _Pool2x2.apply(x)
+
+
+# %% [markdown]
+# Checked against `nn.AvgPool2d(2)` on spikes in float32 and bfloat16, forward and gradient, and on an odd size
+# (which takes `nn.AvgPool2d`'s path):
+
+# %%
+torch.manual_seed(0)
+rows = []
+for dtype in (torch.float32, torch.bfloat16):
+    for shape in [(8, 4, 28, 28), (8, 4, 7, 7)]:
+        spikes = (torch.rand(shape) > 0.7).to(dtype).requires_grad_()
+        grad = torch.randn(8, 4, shape[2] // 2, shape[3] // 2).to(dtype)
+        ours, torchs = AvgPool2x2()(spikes), nn.AvgPool2d(2)(spikes)
+        (ours_grad,), (torch_grad,) = torch.autograd.grad(ours, spikes, grad), torch.autograd.grad(torchs, spikes, grad)
+        ours, torchs = ours.detach(), torchs.detach()
+        test_eq((torch.equal(ours, torchs), torch.equal(ours_grad, torch_grad)), (True, True))   # bit for bit
+        rows.append(f"{str(dtype)[6:]:9} {str(shape):15} output {diff_bucket(ours.float(), torchs.float())}, gradient {diff_bucket(ours_grad.float(), torch_grad.float())}")
+print('\n'.join(rows))
+
+
+# %% [markdown]
 # ## The SCNN for small images
 #
 # Two `Conv3×3 → BN → AMOS LIF → AvgPool(2)` blocks (C and 2C channels), then `Linear → AMOS LIF` to a hidden
@@ -66,7 +116,7 @@ def scnn_body(in_channels: int, size: int, neuron, channels: int = 32, hidden: i
         for _ in range(convs_per_block):
             layers += [SequenceWise(nn.Conv2d(width, C, 3, padding=1, bias=False), nn.BatchNorm2d(C)), neuron()]
             width = C
-        layers.append(SequenceWise(nn.AvgPool2d(2)))
+        layers.append(SequenceWise(AvgPool2x2()))
     layers += [SequenceWise(nn.Flatten(), nn.Linear(width * (size // 4) ** 2, hidden)), neuron()]
     return nn.Sequential(*layers)
 
@@ -78,7 +128,7 @@ def cifar_body(neuron, channels: int = 256) -> nn.Sequential:
         for _ in range(3):
             layers += [SequenceWise(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C)), neuron()]
             in_channels = C
-        layers.append(SequenceWise(nn.AvgPool2d(2)))
+        layers.append(SequenceWise(AvgPool2x2()))
     layers += [SequenceWise(nn.Flatten(), nn.Linear(C * 64, C * 16)), neuron()]
     return nn.Sequential(*layers)
 

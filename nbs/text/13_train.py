@@ -25,7 +25,7 @@ import time
 import torch
 from torch import nn, Tensor
 from torch.utils.data import DataLoader
-from pttfs.data import DATASETS, load_dataset
+from pttfs.data import DATASETS, TensorImages, load_dataset
 from pttfs.decoders import DECODERS
 from pttfs.models import build_model, spike_recorder, NEURONS, SURROGATES
 
@@ -41,6 +41,12 @@ from nbdev.showdoc import show_doc
 # at T = 4, the weights carrying over from stage to stage. At T = 1 the network with the temporal selector decoder
 # is a rate-decoded network (chapter 10's P1), the strong baseline; each later stage teaches it to use more time
 # steps while deciding at the first output spike.
+#
+# **The learning rate across stages.** One cosine decay over all epochs (`--lr-schedule cosine`, the default)
+# spends most of its rate on the first stage: with `1:20,2:1,4:1`, the T = 2 and T = 4 epochs train at a few
+# percent of `--lr` or less (printed below), so the later stages barely move the weights. `--lr-schedule
+# stage-cosine` restarts the decay at every stage (warm restarts, as in SGDR, Loshchilov & Hutter 2017): epoch $e$
+# of a stage of $L$ epochs trains at $\tfrac12\,(1 + \cos(\pi e / L))$ times `--lr`.
 
 # %%
 #| export
@@ -64,22 +70,41 @@ def epoch_stages(schedule: list) -> list:
     return [T for T, epochs in schedule for _ in range(epochs)]
 
 
+LR_SCHEDULES = ('cosine', 'stage-cosine')
+
+def lr_factors(schedule: list, kind: str = 'cosine') -> list:
+    "Every epoch's learning rate as a fraction of --lr: one cosine over all epochs, or one that restarts at each stage."
+    if kind not in LR_SCHEDULES: raise ValueError(f"the learning-rate schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    spans = [sum(epochs for _, epochs in schedule)] if kind == 'cosine' else [epochs for _, epochs in schedule]
+    return [0.5 * (1 + math.cos(math.pi * e / length)) for length in spans for e in range(length)]
+
+
 # %%
 print(parse_schedule('1:10,2:3,4:2'), epoch_stages(parse_schedule('1:2,4:1')))
 test_eq(parse_schedule('1:10,2:3,4:2'), [(1, 10), (2, 3), (4, 2)])
+print({kind: [round(f, 3) for f in lr_factors(parse_schedule('1:4,2:2,4:2'), kind)] for kind in LR_SCHEDULES})
+late = lr_factors(parse_schedule('1:20,2:1,4:1'))[-2:]
+print(f"1:20,2:1,4:1 under one cosine: the T = 2 epoch at {late[0]:.1%} of --lr, the T = 4 epoch at {late[1]:.1%}")
+test_eq([round(f, 6) for f in lr_factors([(1, 20), (2, 1), (4, 1)])][-2:], [round(0.5 * (1 + math.cos(math.pi * e / 22)), 6) for e in (20, 21)])
+test_eq(lr_factors([(1, 3), (2, 2)], 'stage-cosine'), lr_factors([(1, 3)]) + lr_factors([(2, 2)]))
+test_fail(lambda: lr_factors([(1, 3)], 'linear'), contains='cosine')
 for bad in ['', '1:0', 'x:2', '2', '1:2:3', '0:4', '100000000:1', '1:1000000000', '1:' + '9' * 23, '1:6000,2:6000']: test_fail(lambda: parse_schedule(bad), exc=ValueError)
 
 
 # %% [markdown]
 # ## One epoch, and the evaluation
 #
+# The training images come from chapter 11's `TensorImages` (the whole split in memory, augmented a batch at a
+# time) for every dataset but `digits` and the PSN policy (`--augment psn`), which go through a `DataLoader`.
+#
 # Training: by default Adam on the cross-entropy of the decoder's logits (for the TSD, the output membranes at
-# $t_{1st}$), with a cosine learning-rate decay over all epochs of all stages. Three options come from the PSN
+# $t_{1st}$), with the learning-rate schedule above (`lr_factors`). Three options come from the PSN
 # paper's protocol (below): label smoothing, mixing pairs of images (`mixup_or_cutmix`, whose labels become soft),
 # and SGD with momentum.
 #
 # **bfloat16.** `--bf16` runs the convolutions and linear layers under bfloat16 autocast; the neurons always
-# compute in float32 (chapter 5 casts a low-precision input up, chapter 4's backends see float32). It is on by
+# compute in float32 (chapter 4 casts a low-precision input up for every backend but the fused CPU kernel, which
+# reads and writes bfloat16 itself and computes in float32: chapter 7). It is on by
 # default on CUDA. On a CPU it pays where the CPU has bfloat16 matrix units (AVX512-BF16, AMX); elsewhere it can be
 # slower than float32.
 #
@@ -404,8 +429,9 @@ with tempfile.TemporaryDirectory() as tmp:
 # | `--surrogate` | sigmoid (α = 4) | ATan (α = 2) |
 # | `--bf16` | CUDA only | on (their runs use fp16 mixed precision with a loss scaler; bfloat16 needs none) |
 #
-# Both use a cosine learning-rate decay over all epochs. The `psn` values are read from the PSN paper's CIFAR-10
-# script and its logged arguments; the AMOS paper says it followed that protocol on CIFAR.
+# Both use one cosine learning-rate decay over all epochs (`--lr-schedule cosine`). The `psn` values are read
+# from the PSN paper's CIFAR-10 script and its logged arguments; the AMOS paper says it followed that protocol on
+# CIFAR.
 #
 # `--neuron lif` or `--neuron psn` trains the same body with SpikingJelly's neurons instead of AMOS LIF (chapter 12)
 # and a rate read-out: Table 3's baselines. A PSN layer is built for one T, so its schedule has one stage.
@@ -420,10 +446,11 @@ with tempfile.TemporaryDirectory() as tmp:
 # Settings that define a run: a checkpoint made with other values cannot be resumed with these.
 RUN_KEYS = ('dataset', 'architecture', 'decoder', 'channels', 'hidden', 'tau', 'decoder_threshold', 'schedule',
             'batch_size', 'lr', 'seed', 'augment', 'convs_per_block', 'bf16', 'neuron', 'surrogate', 'output_force_last',
-            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset')
+            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule')
 # Keys added later, with the value that runs saved before them had (bf16 None: on for CUDA only).
 _OLDER_RUNS = dict(convs_per_block=1, bf16=None, neuron='amos', surrogate='sigmoid', output_force_last=False,
-                   optimizer='adam', momentum=0.9, label_smoothing=0.0, mixup=False, train_subset=None)
+                   optimizer='adam', momentum=0.9, label_smoothing=0.0, mixup=False, train_subset=None,
+                   lr_schedule='cosine')
 
 # A recipe fills every one of these flags that the command leaves out.
 RECIPES = {
@@ -539,8 +566,10 @@ def _build_parser() -> OneLineParser:
     p.add_argument('--decoder-threshold', type=float, default=1.0, help="the decoder's V_th, the confidence parameter")
     p.add_argument('--schedule', default=None, help="stages T:epochs, trained in order " + _recipe('schedule'))
     p.add_argument('--batch-size', type=int, default=None, help="images per step, over all processes " + _recipe('batch_size'))
-    p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with a cosine decay over all epochs " + _recipe('optimizer'))
+    p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with the --lr-schedule decay " + _recipe('optimizer'))
     p.add_argument('--lr', type=float, default=None, help="the initial learning rate " + _recipe('lr'))
+    p.add_argument('--lr-schedule', default='cosine', choices=LR_SCHEDULES, help="cosine: one decay over all epochs; "
+                   "stage-cosine: each T stage restarts at --lr and decays by its end")
     p.add_argument('--momentum', type=float, default=0.9, help="SGD's momentum")
     p.add_argument('--label-smoothing', type=float, default=None, help="of the cross-entropy " + _recipe('label_smoothing'))
     p.add_argument('--mixup', action=argparse.BooleanOptionalAction, default=None,
@@ -749,8 +778,9 @@ test_eq(_all_sum([1.0, 2.0], 'cpu'), [1.0, 2.0])
 def _load_data(args) -> tuple:
     "(train set, test set), or a RunError that says what to do."
     try:
-        return (load_dataset(args.dataset, args.data_dir, train=True, download=args.download, augment=args.augment),
-                load_dataset(args.dataset, args.data_dir, train=False, download=args.download))
+        in_memory = args.dataset != 'digits' and args.augment != 'psn'      # chapter 11's TensorImages: the same images, faster
+        return (load_dataset(args.dataset, args.data_dir, train=True, download=args.download, augment=args.augment, in_memory=in_memory),
+                load_dataset(args.dataset, args.data_dir, train=False, download=args.download, in_memory=in_memory))
     except FileNotFoundError as e: raise RunError(str(e)) from None
     except Exception as e:                            # a download that failed: no network, a moved mirror ...
         if not args.download: raise
@@ -785,7 +815,7 @@ def train(args) -> dict:
         if args.train_subset > len(train_set):
             raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
         chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_subset]
-        train_set = torch.utils.data.Subset(train_set, chosen.tolist())
+        train_set = train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
     folder, failure = RunFolder(args.out), None
     if rank == 0:                                     # one process holds the folder; all stop if it cannot
         try: folder.open(resume=args.resume)
@@ -828,6 +858,7 @@ def _epoch_loader(args, train_set, epoch: int, rank: int, world_size: int) -> Da
     "The epoch's training batches in a seeded order: the same order when the epoch is redone after a kill."
     if world_size == 1:
         order = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+        if isinstance(train_set, TensorImages): return train_set.batches(args.batch_size, order)   # crops drawn from `order` too
         return DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=order, num_workers=args.workers)
     from torch.utils.data.distributed import DistributedSampler     # each process its share; the global batch stays
     sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
@@ -846,12 +877,16 @@ def _write_summary(out: str, summary: dict, history: list):
 # %%
 #| export
 def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple:
-    "The run's model, optimizer and cosine schedule over all epochs, fresh (seeded) or as the checkpoint left them."
+    "The run's model, optimizer and learning-rate schedule (`lr_factors`), fresh (seeded) or as the checkpoint left them."
     torch.manual_seed(args.seed); random.seed(args.seed)
     model = model_for(vars(args)).to(device)
     if args.optimizer == 'sgd': optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     else: optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if args.lr_schedule == 'cosine': scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    else:
+        factors = lr_factors(args.stages, args.lr_schedule)
+        def factor(epoch: int) -> float: return factors[min(epoch, len(factors) - 1)]   # the step after the last epoch too
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if state is not None:
         if state.get('network', network_signature(model)) != network_signature(model):
             raise RunError(f"--resume: {args.out}/last.pt holds another network than its settings describe")
@@ -884,7 +919,8 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         if rank == 0: write_metrics(args.out, history)   # the checkpoint's rows: a kill may have left the file one short
     args.epochs_saved = epochs_done
     settings = {k: getattr(args, k) for k in RUN_KEYS}
-    test_loader = DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers)
+    test_loader = (test_set.batches(max(args.batch_size, 256)) if isinstance(test_set, TensorImages)
+                   else DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers))
     trained = model                                   # what the optimizer steps through: DDP under torchrun
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -58,6 +59,18 @@ inline double exp_nonpositive(double z) {
   return p * __builtin_bit_cast(double, bits);
 }
 
+// bfloat16 to and from float32, branch-free so that the loops vectorise: the upper 16 bits of a float32; rounding
+// to the nearest even, NaN kept NaN, exactly as PyTorch's conversions (c10::BFloat16) do it.
+inline float widen(float v) { return v; }
+inline double widen(double v) { return v; }
+inline float widen(at::BFloat16 v) { return __builtin_bit_cast(float, uint32_t(v.x) << 16); }
+template <typename io_t, typename scalar_t> inline io_t narrow(scalar_t v) { return v; }
+template <> inline at::BFloat16 narrow<at::BFloat16, float>(float v) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, v);
+  const uint16_t rounded = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return at::BFloat16(v != v ? uint16_t(0x7FC0) : rounded, at::BFloat16::from_bits());
+}
+
 // Θ'(u): kind 0 is Sigmoid(alpha), α·σ(αu)(1−σ(αu)) = α·e/(1+e)² with e = exp(−|αu|); kind 1 is ATan(alpha).
 template <typename scalar_t>
 inline scalar_t theta_prime(scalar_t u, int kind, scalar_t alpha) {
@@ -72,27 +85,27 @@ inline scalar_t theta_prime(scalar_t u, int kind, scalar_t alpha) {
 
 // Forward, one time step for a block of neurons: Eq. 4, then the first crossing is the spike (Eqs. 2, 7-9)
 // and the first crossing after it the second fake spike (Eq. 15). Branch-free, so that it vectorises.
-template <typename scalar_t, bool PER_NEURON_TAU, bool STORE>
-static inline void forward_step(int64_t len, const scalar_t* __restrict__ xt, scalar_t* __restrict__ st, scalar_t* __restrict__ mt,
+template <typename scalar_t, typename io_t, bool PER_NEURON_TAU, bool STORE>
+static inline void forward_step(int64_t len, const io_t* __restrict__ xt, io_t* __restrict__ st, scalar_t* __restrict__ mt,
                                 scalar_t* __restrict__ h, int32_t* __restrict__ f, int32_t* __restrict__ s,
                                 const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
                                 scalar_t v_threshold, bool forced, int32_t ti, int32_t none) {
   for (int64_t i = 0; i < len; ++i) {
     const scalar_t tau = PER_NEURON_TAU ? tau_b[i] : tau_scalar;
-    const scalar_t hv = (scalar_t(1) - scalar_t(1) / tau) * h[i] + xt[i] / tau;   // Eq. 4, as the loop computes it
+    const scalar_t hv = (scalar_t(1) - scalar_t(1) / tau) * h[i] + widen(xt[i]) / tau;   // Eq. 4, as the loop computes it
     h[i] = hv;
     if (STORE) mt[i] = hv;
     const bool cross = forced | (hv >= v_threshold);                       // Eq. 8 (forced at T-1: Eq. 9)
     const bool fire = cross & (f[i] == none);                              // Eq. 2: the first crossing
-    st[i] = fire ? scalar_t(1) : scalar_t(0);
+    st[i] = narrow<io_t>(fire ? scalar_t(1) : scalar_t(0));
     s[i] = (cross & (f[i] < ti) & (s[i] == none)) ? ti : s[i];             // the second fake spike t_sf
     f[i] = fire ? ti : f[i];
   }
 }
 
-template <typename scalar_t, bool PER_NEURON_TAU>
-void forward_kernel(const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar, scalar_t* spikes, scalar_t* membrane,
-                    int32_t* first, int32_t* second, int64_t T, int64_t N, scalar_t v_threshold, bool force_last) {
+template <typename scalar_t, typename io_t, typename idx_t, bool PER_NEURON_TAU>
+void forward_kernel(const io_t* x, const scalar_t* tau, scalar_t tau_scalar, io_t* spikes, scalar_t* membrane,
+                    idx_t* first, idx_t* second, int64_t T, int64_t N, scalar_t v_threshold, bool force_last) {
   at::parallel_for(0, (N + BLOCK - 1) / BLOCK, 1, [&](int64_t b0, int64_t b1) {
     std::vector<scalar_t> h(BLOCK);
     std::vector<int32_t> f(BLOCK), s(BLOCK);
@@ -103,12 +116,17 @@ void forward_kernel(const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar,
       for (int64_t i = 0; i < len; ++i) { h[i] = 0; f[i] = none; s[i] = none; }
       for (int64_t t = 0; t < T; ++t) {
         const bool forced = force_last && t == T - 1;
-        if (membrane) forward_step<scalar_t, PER_NEURON_TAU, true>(len, x + t * N + n0, spikes + t * N + n0, membrane + t * N + n0,
+        if (membrane) forward_step<scalar_t, io_t, PER_NEURON_TAU, true>(len, x + t * N + n0, spikes + t * N + n0, membrane + t * N + n0,
                                                                    h.data(), f.data(), s.data(), tau_b, tau_scalar, v_threshold, forced, (int32_t)t, none);
-        else forward_step<scalar_t, PER_NEURON_TAU, false>(len, x + t * N + n0, spikes + t * N + n0, nullptr,
+        else forward_step<scalar_t, io_t, PER_NEURON_TAU, false>(len, x + t * N + n0, spikes + t * N + n0, nullptr,
                                                              h.data(), f.data(), s.data(), tau_b, tau_scalar, v_threshold, forced, (int32_t)t, none);
       }
-      if (first) for (int64_t i = 0; i < len; ++i) { first[n0 + i] = f[i]; second[n0 + i] = s[i]; }   // not in inference
+      if (first) {                                                          // not in inference
+        // restrict-qualified: a store through an 8-bit pointer could otherwise alias anything, the vectors' own pointers too
+        idx_t* __restrict__ first_b = first + n0; idx_t* __restrict__ second_b = second + n0;
+        const int32_t* __restrict__ f_b = f.data(); const int32_t* __restrict__ s_b = s.data();
+        for (int64_t i = 0; i < len; ++i) { first_b[i] = (idx_t)f_b[i]; second_b[i] = (idx_t)s_b[i]; }
+      }
     }
   });
 }
@@ -169,85 +187,115 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_membrane,
 // Backward without a stored membrane (fixed tau, membrane not an output): sweep 1 recomputes H forward from x and
 // writes Eq. 17's spatial term into grad_x; sweep 2 runs Eq. 18 backwards over the same block, still in cache.
 // Nothing of size [T, N] is saved for the backward except the input itself.
-template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
-static inline void recompute_step(int64_t len, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ gs,
+template <typename scalar_t, typename io_t, typename idx_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+static inline void recompute_step(int64_t len, const io_t* __restrict__ xt, const io_t* __restrict__ gs,
                                   scalar_t* __restrict__ gx, scalar_t* __restrict__ h,
                                   const scalar_t* __restrict__ g_first, const scalar_t* __restrict__ g_second,
-                                  const int32_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
+                                  const idx_t* __restrict__ f, const scalar_t* __restrict__ tau_b, scalar_t tau_scalar,
                                   scalar_t v_threshold, bool forced, int32_t ti, int kind, scalar_t alpha) {
   for (int64_t i = 0; i < len; ++i) {
     const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
     // Eq. 4 again, with x·(1/τ) for x/τ: it may differ from the forward's H in the last bit, which moves Θ'(H − V_th)
     // by a relative ~1e-7 (float32); the spike mask, the part that must be exact, comes from the forward's t_f.
-    const scalar_t hv = (scalar_t(1) - inv_tau) * h[i] + xt[i] * inv_tau;
+    const scalar_t hv = (scalar_t(1) - inv_tau) * h[i] + widen(xt[i]) * inv_tau;
     h[i] = hv;
-    const scalar_t g = GS_SCALAR ? gs[0] : gs[i];
-    const scalar_t d_spike = g - (ti < f[i] ? g_first[i] : g_second[i]);                         // Eq. 15
+    const scalar_t g = widen(GS_SCALAR ? gs[0] : gs[i]);
+    const int32_t fi = f[i];
+    const scalar_t d_spike = g - (ti < fi ? g_first[i] : g_second[i]);                           // Eq. 15
     const scalar_t spatial = d_spike * theta_prime(hv - v_threshold, kind, alpha);               // Eq. 17
-    gx[i] = ((ti <= f[i]) & !forced) ? spatial : scalar_t(0);
+    gx[i] = ((ti <= fi) & !forced) ? spatial : scalar_t(0);
   }
 }
 
-template <typename scalar_t, bool PER_NEURON_TAU>
-static inline void reverse_step(int64_t len, scalar_t* __restrict__ gx, scalar_t* __restrict__ delta,
-                                const scalar_t* __restrict__ tau_b, scalar_t tau_scalar) {
+template <typename scalar_t, typename io_t, bool PER_NEURON_TAU>
+static inline void reverse_step(int64_t len, const scalar_t* spatial, io_t* gx, scalar_t* __restrict__ delta,
+                                const scalar_t* __restrict__ tau_b, scalar_t tau_scalar) {   // spatial may be gx itself
   for (int64_t i = 0; i < len; ++i) {
     const scalar_t inv_tau = scalar_t(1) / (PER_NEURON_TAU ? tau_b[i] : tau_scalar);
-    const scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + gx[i];                               // Eq. 18
+    const scalar_t d = (scalar_t(1) - inv_tau) * delta[i] + spatial[i];                          // Eq. 18
     delta[i] = d;
-    gx[i] = d * inv_tau;
+    gx[i] = narrow<io_t>(d * inv_tau);
   }
 }
 
-template <typename scalar_t, bool PER_NEURON_TAU, bool GS_SCALAR>
-void backward_recompute_kernel(const scalar_t* grad_spikes, const scalar_t* x, const scalar_t* tau, scalar_t tau_scalar,
-                               const int32_t* first, const int32_t* second, scalar_t* grad_x, int64_t T, int64_t N,
+template <typename scalar_t, typename io_t, typename idx_t, bool PER_NEURON_TAU, bool GS_SCALAR>
+void backward_recompute_kernel(const io_t* grad_spikes, const io_t* x, const scalar_t* tau, scalar_t tau_scalar,
+                               const idx_t* first, const idx_t* second, io_t* grad_x, int64_t T, int64_t N,
                                scalar_t v_threshold, bool force_last, int kind, scalar_t alpha) {
   constexpr int64_t RBLOCK = 512;                         // a block's [T, RBLOCK] rows of grad_x stay in L2 between sweeps
+  constexpr bool NARROW = !std::is_same_v<io_t, scalar_t>;  // bfloat16 I/O: sweep 1's spatial terms go to a float scratch
   at::parallel_for(0, (N + RBLOCK - 1) / RBLOCK, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<scalar_t> h(RBLOCK), delta(RBLOCK), g_first(RBLOCK), g_second(RBLOCK);
+    std::vector<scalar_t> h(RBLOCK), delta(RBLOCK), g_first(RBLOCK), g_second(RBLOCK), scratch(NARROW ? T * RBLOCK : 0);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * RBLOCK, len = std::min(RBLOCK, N - n0);
       const scalar_t* tau_b = PER_NEURON_TAU ? tau + n0 : nullptr;
-      const int32_t* f = first + n0;
+      const idx_t* f = first + n0;
       for (int64_t i = 0; i < len; ++i) {
-        const int32_t s = second[n0 + i];
-        g_first[i] = f[i] < T ? grad_spikes[GS_SCALAR ? 0 : f[i] * N + n0 + i] : scalar_t(0);
-        g_second[i] = s < T ? grad_spikes[GS_SCALAR ? 0 : s * N + n0 + i] : scalar_t(0);
+        const int64_t fi = f[i], s = second[n0 + i];
+        g_first[i] = fi < T ? widen(grad_spikes[GS_SCALAR ? 0 : fi * N + n0 + i]) : scalar_t(0);
+        g_second[i] = s < T ? widen(grad_spikes[GS_SCALAR ? 0 : s * N + n0 + i]) : scalar_t(0);
         h[i] = 0; delta[i] = 0;
       }
+      auto spatial_row = [&](int64_t t) -> scalar_t* {
+        if constexpr (NARROW) return scratch.data() + t * RBLOCK; else return grad_x + t * N + n0;
+      };
       for (int64_t t = 0; t < T; ++t)
-        recompute_step<scalar_t, PER_NEURON_TAU, GS_SCALAR>(len, x + t * N + n0, GS_SCALAR ? grad_spikes : grad_spikes + t * N + n0,
-            grad_x + t * N + n0, h.data(), g_first.data(), g_second.data(), f, tau_b, tau_scalar, v_threshold,
-            force_last && t == T - 1, (int32_t)t, kind, alpha);
+        recompute_step<scalar_t, io_t, idx_t, PER_NEURON_TAU, GS_SCALAR>(len, x + t * N + n0,
+            GS_SCALAR ? grad_spikes : grad_spikes + t * N + n0, spatial_row(t), h.data(), g_first.data(), g_second.data(),
+            f, tau_b, tau_scalar, v_threshold, force_last && t == T - 1, (int32_t)t, kind, alpha);
       for (int64_t t = T - 1; t >= 0; --t)
-        reverse_step<scalar_t, PER_NEURON_TAU>(len, grad_x + t * N + n0, delta.data(), tau_b, tau_scalar);
+        reverse_step<scalar_t, io_t, PER_NEURON_TAU>(len, spatial_row(t), grad_x + t * N + n0, delta.data(), tau_b, tau_scalar);
     }
   });
 }
 
+// The tensors' element type io_t and the type the kernels compute in, scalar_t: float32 and float64 as they are;
+// bfloat16 (autocast's convolutions hand the neuron bfloat16 currents) is read and written as bfloat16 and computed
+// in float32, which gives the spikes and gradients of casting to float32 and back around a float32 call.
+template <typename F>
+static void dispatch_io(at::ScalarType type, F&& body) {
+  if (type == at::kFloat) body(float(), float());
+  else if (type == at::kDouble) body(double(), double());
+  else if (type == at::kBFloat16) body(float(), at::BFloat16());
+  else TORCH_CHECK(false, "the fused AMOS LIF kernel takes float32, float64 or bfloat16, got ", type);
+}
+
+// t_f and t_sf in 8 bits when every step and "none" (T) fit: a quarter of int32's memory traffic.
+static bool narrow_indices(int64_t T) { return T <= 255; }
+
 // Python-facing entry points. x, spikes, membrane, grads: [T, N] contiguous; tau: a [N] tensor, or an empty tensor
-// and the number tau_scalar; first/second: int32 [N].
+// and the number tau_scalar; first/second: int32 [N] (uint8 inside the recomputing node when T <= 255).
 // An undefined tensor stands for "not wanted" (membrane, t_f/t_sf) or "one τ" (tau); Python sees it as None.
-std::vector<torch::Tensor> amos_forward(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
-                                        bool force_last, bool store_membrane, bool record_indices) {
+static std::vector<torch::Tensor> forward_impl(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
+                                               bool force_last, bool store_membrane, bool record_indices, bool narrow) {
   const int64_t T = x.size(0), N = x.numel() / T;
+  TORCH_CHECK(!store_membrane || x.scalar_type() != at::kBFloat16, "the membrane is stored in float32 or float64 only");
   auto spikes = torch::empty_like(x);
   auto membrane = store_membrane ? torch::empty_like(x) : torch::Tensor();
   advise_huge_pages(spikes);
   if (store_membrane) advise_huge_pages(membrane);
-  auto opts = x.options().dtype(torch::kInt32);
+  auto opts = x.options().dtype(narrow ? torch::kUInt8 : torch::kInt32);
   auto first = record_indices ? torch::empty({N}, opts) : torch::Tensor();
   auto second = record_indices ? torch::empty({N}, opts) : torch::Tensor();
   const bool per_neuron = tau.defined() && tau.numel() > 0;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_forward", [&] {
-    auto kernel = per_neuron ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
-    kernel(x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
-           spikes.data_ptr<scalar_t>(), store_membrane ? membrane.data_ptr<scalar_t>() : nullptr,
-           record_indices ? first.data_ptr<int32_t>() : nullptr, record_indices ? second.data_ptr<int32_t>() : nullptr,
-           T, N, (scalar_t)v_threshold, force_last);
+  dispatch_io(x.scalar_type(), [&](auto compute, auto io) {
+    using scalar_t = decltype(compute); using io_t = decltype(io);
+    auto run = [&](auto index) {
+      using idx_t = decltype(index);
+      auto kernel = per_neuron ? forward_kernel<scalar_t, io_t, idx_t, true> : forward_kernel<scalar_t, io_t, idx_t, false>;
+      kernel(x.data_ptr<io_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
+             spikes.data_ptr<io_t>(), store_membrane ? membrane.data_ptr<scalar_t>() : nullptr,
+             record_indices ? first.data_ptr<idx_t>() : nullptr, record_indices ? second.data_ptr<idx_t>() : nullptr,
+             T, N, (scalar_t)v_threshold, force_last);
+    };
+    if (narrow) run(uint8_t()); else run(int32_t());
   });
   return {spikes, membrane, first, second};
+}
+
+std::vector<torch::Tensor> amos_forward(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
+                                        bool force_last, bool store_membrane, bool record_indices) {
+  return forward_impl(x, tau, tau_scalar, v_threshold, force_last, store_membrane, record_indices, false);
 }
 
 template <typename scalar_t, bool P, bool G>
@@ -267,6 +315,7 @@ std::vector<torch::Tensor> amos_backward(torch::Tensor grad_spikes, torch::Tenso
   advise_huge_pages(grad_x);
   auto grad_tau = need_tau ? torch::empty({N}, membrane.options()) : torch::Tensor();
   const bool has_gh = grad_membrane.numel() > 0, per_neuron = tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
+  TORCH_CHECK(first.scalar_type() == torch::kInt32, "amos_backward reads int32 t_f and t_sf (amos_forward's)");
   AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "amos_backward", [&] {
     auto run = per_neuron ? (has_gh ? run_backward<scalar_t, true, true> : run_backward<scalar_t, true, false>)
                           : (has_gh ? run_backward<scalar_t, false, true> : run_backward<scalar_t, false, false>);
@@ -282,15 +331,23 @@ torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x
                                       torch::Tensor first, torch::Tensor second, double v_threshold, bool force_last,
                                       int64_t kind, double alpha) {
   const int64_t T = x.size(0), N = x.numel() / T;
+  TORCH_CHECK(grad_spikes.scalar_type() == x.scalar_type(), "dL/dS and x must have one dtype");
   auto grad_x = torch::empty_like(x);
   advise_huge_pages(grad_x);
   const bool per_neuron = tau.defined() && tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "amos_backward_recompute", [&] {
-    auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, true, true> : backward_recompute_kernel<scalar_t, true, false>)
-                             : (gs_scalar ? backward_recompute_kernel<scalar_t, false, true> : backward_recompute_kernel<scalar_t, false, false>);
-    kernel(grad_spikes.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr,
-           (scalar_t)tau_scalar, first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), grad_x.data_ptr<scalar_t>(),
-           T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+  dispatch_io(x.scalar_type(), [&](auto compute, auto io) {
+    using scalar_t = decltype(compute); using io_t = decltype(io);
+    auto run = [&](auto index) {
+      using idx_t = decltype(index);
+      auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, true, true>
+                                            : backward_recompute_kernel<scalar_t, io_t, idx_t, true, false>)
+                               : (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, false, true>
+                                            : backward_recompute_kernel<scalar_t, io_t, idx_t, false, false>);
+      kernel(grad_spikes.data_ptr<io_t>(), x.data_ptr<io_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr,
+             (scalar_t)tau_scalar, first.data_ptr<idx_t>(), second.data_ptr<idx_t>(), grad_x.data_ptr<io_t>(),
+             T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+    };
+    if (first.scalar_type() == torch::kUInt8) run(uint8_t()); else run(int32_t());
   });
   return grad_x;
 }
@@ -308,7 +365,7 @@ static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     /
 struct AMOSLIFRecompute : public torch::autograd::Function<AMOSLIFRecompute> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor tau, double tau_scalar,
                                double v_threshold, bool force_last, int64_t kind, double alpha) {
-    auto results = amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, true);
+    auto results = forward_impl(x, tau, tau_scalar, v_threshold, force_last, false, true, narrow_indices(x.size(0)));
     ctx->save_for_backward({x, tau, results[2], results[3]});
     ctx->saved_data["tau"] = tau_scalar; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
     ctx->saved_data["kind"] = kind; ctx->saved_data["alpha"] = alpha;

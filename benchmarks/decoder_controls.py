@@ -1,0 +1,129 @@
+"""Incremental T against equal-epoch controls on Fashion-MNIST (the decoder issue, item 1), run in chunks across sessions.
+
+Every configuration trains the recipe's network (`--convs-per-block 2`, crops, bfloat16, batch 128, Adam at 3e-3)
+for the same 10 epochs, with seeds 0, 1 and 2:
+
+    t1          --schedule 1:10                                 T = 1 only: the rate-decoded network (P1)
+    inc         --schedule 1:6,2:2,4:2 --lr-schedule stage-cosine   incremental T, each stage its own cosine
+    inc-cosine  --schedule 1:6,2:2,4:2                           incremental T, one cosine over all epochs (as the recipe)
+    t4          --schedule 4:10                                  T = 4 only
+
+`--advance` trains the unfinished runs in RUNS_DIR one epoch at a time (`pttfs-train ... --stop-after N --resume`),
+in the order below (the first seed of every configuration before the second), on `--workers` runs side by side
+with `--threads` threads each, until `--minutes` have passed: a session that ends loses nothing but the epoch in
+flight, and the next one continues where this one stopped. `--collect` evaluates every finished run at its own T
+and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from "more
+epochs"), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
+
+    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --data-dir ../shared/data --advance --minutes 80
+    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --data-dir ../shared/data --collect benchmarks/decoder-controls.json
+"""
+import argparse, json, os, statistics, subprocess, sys, time
+from concurrent.futures import ThreadPoolExecutor
+
+COMMON = ('--dataset', 'fashion-mnist', '--augment', '--convs-per-block', '2', '--bf16', '--batch-size', '128')
+CONFIGS = {
+    't1': ('--schedule', '1:10'),
+    'inc': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine'),
+    'inc-cosine': ('--schedule', '1:6,2:2,4:2'),
+    't4': ('--schedule', '4:10'),
+}
+SEEDS = (0, 1, 2)
+EPOCHS = 10
+
+
+def runs() -> list:
+    "(name, flags) of every run, in the order they are advanced."
+    return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for seed in SEEDS for config in CONFIGS]
+
+
+def epochs_done(folder: str) -> int:
+    try:
+        with open(os.path.join(folder, 'metrics.jsonl')) as f: return sum(1 for line in f if line.strip())
+    except OSError: return 0
+
+
+def train_one_epoch(name: str, flags: tuple, args) -> str:
+    folder = os.path.join(args.runs_dir, name)
+    done = epochs_done(folder)
+    argv = ['pttfs-train', *COMMON, *flags, '--data-dir', args.data_dir, '--out', folder, '--threads', str(args.threads),
+            '--stop-after', str(done + 1)] + (['--resume'] if os.path.exists(os.path.join(folder, 'last.pt')) else [])
+    finished = subprocess.run(argv, capture_output=True, text=True)
+    if finished.returncode: return f"{name}: failed ({finished.stderr.strip().splitlines()[-1:]})"
+    return f"{name}: epoch {epochs_done(folder)}/{EPOCHS}"
+
+
+def advance(args):
+    deadline = time.time() + 60 * args.minutes
+    os.makedirs(args.runs_dir, exist_ok=True)
+    busy = set()
+    def next_run():
+        for name, flags in runs():
+            if name not in busy and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
+        return None
+    def worker():
+        while time.time() < deadline:
+            chosen = next_run()
+            if chosen is None: return
+            busy.add(chosen[0])
+            try: print(time.strftime('%H:%M:%S'), train_one_epoch(*chosen, args), flush=True)
+            finally: busy.discard(chosen[0])
+    with ThreadPoolExecutor(args.workers) as pool:
+        for _ in range(args.workers): pool.submit(worker)
+
+
+def evaluate(folder: str, T, data_dir: str) -> dict:
+    out = os.path.join(folder, f"eval-T{T or 'run'}.json")
+    if not os.path.exists(out):
+        argv = ['pttfs-eval', folder, '--data-dir', data_dir, '--out', out] + (['--T', str(T)] if T else [])
+        subprocess.run(argv, check=True, capture_output=True)
+    with open(out) as f: return json.load(f)
+
+
+def collect(args):
+    rows = []
+    for name, flags in runs():
+        folder = os.path.join(args.runs_dir, name)
+        if epochs_done(folder) < EPOCHS or not os.path.exists(os.path.join(folder, 'summary.json')): continue
+        with open(os.path.join(folder, 'summary.json')) as f: summary = json.load(f)
+        own, at_one = evaluate(folder, None, args.data_dir), evaluate(folder, 1, args.data_dir)
+        rows.append(dict(run=name, config=name.rsplit('-seed', 1)[0], seed=int(name.rsplit('-seed', 1)[1]),
+                         command=' '.join(['pttfs-train', *COMMON, *flags]), T=summary['T'],
+                         test_accuracy=own['test_accuracy'], avg_timesteps=own['avg_timesteps'],
+                         decisions=own.get('decisions'), test_accuracy_at_T1=at_one['test_accuracy'],
+                         wall_seconds=summary.get('wall_seconds')))
+    configs = {}
+    for config in CONFIGS:
+        mine = [r for r in rows if r['config'] == config]
+        if not mine: continue
+        def spread(key):
+            values = [r[key] for r in mine]
+            return dict(mean=statistics.mean(values), sd=statistics.stdev(values) if len(values) > 1 else None, n=len(values))
+        configs[config] = dict(test_accuracy=spread('test_accuracy'), test_accuracy_at_T1=spread('test_accuracy_at_T1'),
+                               avg_timesteps=spread('avg_timesteps'))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pttfs.bench import describe_machine
+    from pttfs.train import atomic_write
+    result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
+                  epochs=EPOCHS, planned=[name for name, _ in runs()], runs=rows, configs=configs)
+    def write(tmp):
+        with open(tmp, 'w') as f: json.dump(result, f, indent=1)
+    atomic_write(os.path.abspath(args.collect), write)
+    for config, row in configs.items():
+        print(f"{config:11} n={row['test_accuracy']['n']} accuracy {row['test_accuracy']['mean']:.4f} "
+              f"(at T=1: {row['test_accuracy_at_T1']['mean']:.4f}), avg steps {row['avg_timesteps']['mean']:.3f}")
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--runs-dir', required=True, help="where the run folders live (outside the repository)")
+    p.add_argument('--data-dir', default='../shared/data')
+    p.add_argument('--advance', action='store_true')
+    p.add_argument('--minutes', type=float, default=60, help="--advance: start no epoch after this many minutes")
+    p.add_argument('--workers', type=int, default=2, help="--advance: runs trained side by side")
+    p.add_argument('--threads', type=int, default=1, help="--advance: threads per run")
+    p.add_argument('--collect', default=None, help="write the finished runs' results to this JSON")
+    args = p.parse_args()
+    args.runs_dir, args.data_dir = os.path.abspath(args.runs_dir), os.path.abspath(args.data_dir)
+    if args.advance: advance(args)
+    if args.collect: collect(args)
