@@ -1,5 +1,5 @@
 """Execute notebooks in place, top to bottom, like `jupyter nbconvert --execute --inplace`, but skip the cells
-marked `#| eval: false`, as nbdev does (nbconvert runs them: chapter 14's would retrain its ablations and rewrite
+marked `#| eval: false`, as nbdev does (nbconvert runs them: chapter 13's would retrain its ablations and rewrite
 benchmarks/ablation-*.json). Then clean each as `nbdev_clean` does (no execution counts, no timing metadata), so
 that a committed notebook is what nbdev_clean leaves, and refresh the review texts in nbs/text/ (.ci/texts.py).
 Usage: python .ci/execute.py nbs/NAME.ipynb [...]"""

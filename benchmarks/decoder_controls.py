@@ -102,7 +102,7 @@ def collect(args):
         configs[config] = dict(test_accuracy=spread('test_accuracy'), test_accuracy_at_T1=spread('test_accuracy_at_T1'),
                                avg_timesteps=spread('avg_timesteps'))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from pttfs.bench import describe_machine
+    from pttfs.train import describe_machine
     from pttfs.train import atomic_write
     result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
                   epochs=EPOCHS, planned=[name for name, _ in runs()], runs=rows, configs=configs)

@@ -51,6 +51,6 @@ result = dict(command='python benchmarks/early_exit.py ' + ' '.join(sys.argv[1:]
               rows=rows)
 def write(tmp):
     with open(tmp, 'w') as f: json.dump(result, f, indent=1)
-atomic_write(args.out, write)                   # the one atomic_write (chapter 13): no half-written file on a kill
+atomic_write(args.out, write)                   # the one atomic_write (chapter 12): no half-written file on a kill
 for r in rows: print(f"T={r['T']}: full {r['wall_seconds']['full']:.2f} s, early exit {r['wall_seconds']['early-exit']:.2f} s, "
                      f"speed-up {r['speedup']:.2f}x (ideal {r['ideal_speedup']:.2f}x), identical {r['identical_predictions']}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.profiler import profile, ProfilerActivity
 from pttfs.train import model_for, parse_args, autocast_for, atomic_write
-from pttfs.bench import describe_machine
+from pttfs.train import describe_machine
 from pttfs.data import load_dataset
 
 

@@ -12,7 +12,7 @@ on the same work, each in a fresh process with its own kernel build folder:
 Then profiles three bfloat16 steps of the current checkout. Writes one JSON with the machine, the commands, every
 round's times and the medians.
 
-    python benchmarks/epoch_race.py --before c0c3c14 --data-dir ../shared/data --out benchmarks/epoch-race.json
+    python benchmarks/epoch_race.py --before c0c3c14 --data-dir ../shared/data --rounds 3 --step-rounds 4 --out benchmarks/epoch-race.json
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -84,13 +84,14 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--before', required=True, help="the git revision to race against the working tree")
     p.add_argument('--data-dir', default='../shared/data')
-    p.add_argument('--rounds', type=int, default=2)
+    p.add_argument('--rounds', type=int, default=2, help="rounds of steps and a one-epoch run in each checkout")
+    p.add_argument('--step-rounds', type=int, default=0, help="further rounds of steps only (the steps vary more than epochs)")
     p.add_argument('--out', required=True)
     args = p.parse_args()
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data_dir = os.path.abspath(args.data_dir)
     sys.path.insert(0, here)
-    from pttfs.bench import describe_machine
+    from pttfs.train import describe_machine
     from pttfs.train import atomic_write
     scratch = tempfile.mkdtemp(prefix='pttfs-race-')
     before = os.path.join(scratch, 'before')
@@ -104,21 +105,22 @@ if __name__ == '__main__':
             where = run_python(checkout, 'import torch, pttfs; from pttfs.neuron import AMOSLIF; '
                                'AMOSLIF(step_mode="m")(torch.randn(1, 4)); print(pttfs.__file__)', os.path.join(scratch, f'ext-{name}'))
             if not where.strip().splitlines()[-1].startswith(checkout): raise SystemExit(f"{name}: imported {where!r}, not {checkout}")
-        for r in range(args.rounds):
+        for r in range(args.rounds + args.step_rounds):
             row = {}
             for name, checkout in (checkouts.items() if r % 2 == 0 else reversed(checkouts.items())):
                 ext = os.path.join(scratch, f'ext-{name}')
                 steps = json.loads(run_python(checkout, STEP_SNIPPET, ext).strip().splitlines()[-1])
-                seconds = epoch_seconds(checkout, data_dir, ext, os.path.join(scratch, f'run-{name}-{r}'))
-                row[name] = dict(step_ms=steps, epoch_seconds=seconds)
-                print(f"round {r + 1} {name:6}: step float32 {steps['float32']:.1f} ms, bf16 {steps['bf16']:.1f} ms; "
-                      f"one-epoch run {seconds:.1f} s", flush=True)
+                row[name] = dict(step_ms=steps)
+                if r < args.rounds:
+                    row[name]['epoch_seconds'] = epoch_seconds(checkout, data_dir, ext, os.path.join(scratch, f'run-{name}-{r}'))
+                print(f"round {r + 1} {name:6}: step float32 {steps['float32']:.1f} ms, bf16 {steps['bf16']:.1f} ms"
+                      + (f"; one-epoch run {row[name]['epoch_seconds']:.1f} s" if r < args.rounds else ''), flush=True)
             result['rounds'].append(row)
         summary = {}
         for name in checkouts:
             summary[name] = dict(step_ms_float32=statistics.median(r[name]['step_ms']['float32'] for r in result['rounds']),
                                  step_ms_bf16=statistics.median(r[name]['step_ms']['bf16'] for r in result['rounds']),
-                                 epoch_seconds=statistics.median(r[name]['epoch_seconds'] for r in result['rounds']))
+                                 epoch_seconds=statistics.median(r[name]['epoch_seconds'] for r in result['rounds'] if 'epoch_seconds' in r[name]))
         summary['epoch_speedup'] = summary['before']['epoch_seconds'] / summary['after']['epoch_seconds']
         summary['step_speedup_bf16'] = summary['before']['step_ms_bf16'] / summary['after']['step_ms_bf16']
         result['median'] = summary

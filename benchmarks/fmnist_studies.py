@@ -1,4 +1,4 @@
-"""Chapter 14's Fashion-MNIST studies: Tables 3, 4 and 5 in the paper's shape, the Eq. 7 hypothesis at T = 1, and
+"""Chapter 13's Fashion-MNIST studies: Tables 3, 4 and 5 in the paper's shape, the Eq. 7 hypothesis at T = 1, and
 bfloat16 against float32. Each writes one JSON in benchmarks/ with its commands and the machine.
 
     python benchmarks/fmnist_studies.py [--data-dir ../shared/data] [--only NAME ...]

@@ -7,7 +7,7 @@
 #     gpu.json        pttfs-bench on the GPU (isolated neuron sweep + CIFAR net), device name inside, plus figures;
 #                     written after the isolated sweep and again after the network, so a timeout keeps the first
 #   bash benchmarks/gpu.sh mnist   (about 3-4 minutes)
-#     gpu-mnist-summary.json, gpu-mnist-metrics.jsonl   chapter 14's MNIST recipe on the GPU (AMP)
+#     gpu-mnist-summary.json, gpu-mnist-metrics.jsonl   chapter 13's MNIST recipe on the GPU (AMP)
 # SpikingJelly is not on that machine: carry its wheel in .whl/ (ignored by git), made here with
 #   pip download --no-deps -d .whl spikingjelly==2.0.0
 # ../shared does not travel either: for the MNIST part, carry the gzipped IDX files in .data/ (ignored by git):
@@ -31,7 +31,7 @@ if [ "$part" = speed ]; then
 timeout 120 python3 - <<'PY' 2>&1 | tee "$out/gpu-tests.txt"
 import torch
 from pttfs.testing import compare_with_reference
-from pttfs.parallel import choose_backend, amos_lif_parallel
+from pttfs.backends import choose_backend, amos_lif_parallel
 from pttfs.surrogate import ATan
 from pttfs import AMOSLIF
 assert torch.cuda.is_available()
@@ -64,7 +64,7 @@ timeout 400 python3 -c "from pttfs.bench import main; main()" --device cuda --N 
 
 fi
 
-# 3. a short MNIST training run on the GPU: the CPU recipe of chapter 14 with CUDA and AMP (about 2-4 minutes)
+# 3. a short MNIST training run on the GPU: the CPU recipe of chapter 13 with CUDA and AMP (about 2-4 minutes)
 if [ "$part" = mnist ] && ls .data/*-ubyte.gz >/dev/null 2>&1; then
   mkdir -p /tmp/data/MNIST/raw && for f in .data/*-ubyte.gz; do gunzip -c "$f" > /tmp/data/MNIST/raw/$(basename "$f" .gz); done
   timeout 420 python3 -c "from pttfs.train import main; main()" --dataset mnist --data-dir /tmp/data --augment \

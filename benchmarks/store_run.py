@@ -5,7 +5,7 @@ summary and every epoch's metrics.
     python benchmarks/store_run.py RUN_DIR --command "pttfs-train ..." --wall-seconds S --out benchmarks/NAME.json
 """
 import argparse, json, os
-from pttfs.bench import describe_machine
+from pttfs.train import describe_machine
 from pttfs.train import atomic_write
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,8 +17,8 @@ from .surrogate import Surrogate, Sigmoid, ATan, surrogate_derivative
 from .dynamics import amos_lif_sequential
 from .charging import charge, leaky_scan
 from .first_spike import amos_lif_forward
-from .parallel import amos_lif_parallel, AMOSLIFFunction
-from .backends import PARALLEL_BACKENDS, register_backend, choose_backend
+from .parallel import AMOSLIFFunction
+from .backends import amos_lif_parallel, PARALLEL_BACKENDS, register_backend, choose_backend
 from .fused import FusedAMOSLIFFunction            # registers the 'cpu-fused' backend (built on first use)
 from .triton_kernels import TritonAMOSLIFFunction  # registers the 'triton' backend (CUDA; Triton imported on first use)
 from .neuron import AMOSLIF, amos_lif_continued

@@ -81,11 +81,3 @@ def charge(x: Tensor,  # input current X, shape [T, *]
     "H[t] = (1 - 1/τ)·H[t-1] + X[t]/τ for every t at once (Eqs. 4–6), exact and finite for any T."
     tau = tau_tensor(tau, x)
     return leaky_scan(x / tau, 1 - 1 / tau)
-
-# %% ../nbs/02_charging.ipynb #61676db8
-def __getattr__(name):
-    "`diff_bucket` moved to `pttfs.testing` (the appendix); importing it from here still works."
-    if name == 'diff_bucket':
-        from pttfs.testing import diff_bucket
-        return diff_bucket
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

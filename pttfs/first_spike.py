@@ -15,7 +15,7 @@ def fake_spikes(membrane: Tensor,  # H, shape [T, *]
                 v_threshold: float = 1.0,  # V_th
                 force_last: bool = False,  # Eq. 9: treat t = T-1 as a crossing in every neuron
                ) -> Tensor:  # bool, shaped like membrane
-    "S̃ = Θ(H − V_th) (Eq. 8), every threshold crossing; with `force_last`, also S̃[T-1] = 1 (Eq. 9)."
+    "S̃ = Θ(H − V_th) (Eq. 8), 1 at every step at or above threshold; with `force_last`, also S̃[T-1] = 1 (Eq. 9)."
     fake = membrane >= v_threshold                     # Θ(0) = 1; a NaN membrane never crosses
     if force_last:
         fake = fake.clone()

@@ -12,7 +12,7 @@ from torch import Tensor
 from .surrogate import Sigmoid
 from .dynamics import amos_lif_sequential
 from .charging import charge
-from .parallel import amos_lif_parallel
+from .backends import amos_lif_parallel
 
 # %% ../nbs/15_testing.ipynb #ec996743
 def bucket(d: float) -> str:

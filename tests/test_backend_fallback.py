@@ -10,7 +10,7 @@ def test_disabled_fused_kernel_falls_back_with_one_warning():
     result = run("""
         import warnings, torch
         from pttfs import amos_lif_parallel, amos_lif_sequential
-        from pttfs.parallel import choose_backend
+        from pttfs.backends import choose_backend
         x = 1 + torch.randn(20, 30, dtype=torch.float64)
         assert choose_backend(x, 2.0, __import__('pttfs').Sigmoid()) == 'torch'
         with warnings.catch_warnings(record=True) as caught:

@@ -159,7 +159,7 @@ def test_inference_without_membrane_matches(backend):
     assert torch.equal(spikes, amos_lif_sequential(x, 2.0)[0])
 
 def test_auto_prefers_fused_on_cpu_and_falls_back_for_custom_surrogates():
-    from pttfs.parallel import choose_backend
+    from pttfs.backends import choose_backend
     x = torch.randn(4, 3)
     expected = 'cpu-fused' if load_fused_extension() is not None else 'torch'
     assert choose_backend(x, 2.0, Sigmoid()) == expected

@@ -215,8 +215,8 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # one page per chapter with a table of contents, previous and next links, typeset equations, figures, code and
 # its outputs, including the `show_doc` API blocks. Open `_site/index.html`; it works offline, since MathJax is
 # served from the site itself. It is built with nbconvert, because nbconvert is already a development dependency
-# and renders exactly what the notebooks store; one small template adds the navigation. (Quarto, which nbdev's
-# own `nbdev_docs` needs, cannot be installed here; Sphinx with myst-nb or mkdocs-jupyter would add a second
+# and renders exactly what the notebooks store; one small template adds the navigation. (nbdev's own
+# `nbdev_docs` needs Quarto, a separate install outside pip; Sphinx with myst-nb or mkdocs-jupyter would add a second
 # toolchain for the same pages.) `bash .ci/site --check` then opens every page in headless Chromium and fails on a
 # missing page, untypeset TeX, an image that does not load or a dead internal link; CI runs it.
 #

@@ -41,8 +41,8 @@ from pttfs.surrogate import Sigmoid, ATan
 #
 # When `N` is small and `T` large (the left column of the paper's Fig. 3), a lane per neuron leaves most of the GPU
 # idle; the chunked scan of chapter 2 (the `'torch'` backend) parallelises over time as well, and should be the
-# better choice there. Where the two cross on a GPU is not measured here: no GPU run is stored yet
-# (`benchmarks/gpu.sh` is prepared for one).
+# better choice there. Where the two cross on a GPU is what `benchmarks/gpu.sh` measures, with both backends in
+# one sweep.
 #
 # Triton is imported on first use only, so `import pttfs` works without it. Without a GPU, setting
 # `TRITON_INTERPRET=1` *before* Triton is imported runs the same kernels on CPU tensors through Triton's

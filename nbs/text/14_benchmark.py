@@ -580,16 +580,16 @@ test_fail(lambda: parse_args(['--N', 'many']), exc=SystemExit)
 print("bad flags exit with an error naming the flag")
 
 # %% [markdown]
-# ## Results on this machine
+# ## The stored results
 #
 # The committed results in `benchmarks/` were produced by the command written in each file's `settings`
 # (`benchmarks/README.md` lists every stored file with its command, machine and date). We
 # read them here (these outputs are compared: they are the stored numbers, not a new run). There are three runs,
-# one after the other on the same machine:
+# one after the other on the same 2-core machine:
 #
 # * `cpu-2core.json`: `pttfs-bench --rounds 3 --peak-memory --out benchmarks/cpu-2core.json`, glibc's allocator as it comes.
 #   This is the headline run: each point's three neurons are timed in turn three times (A B C A B C A B C) and the
-#   median kept, because single sweeps on this machine move the small-size ratios by ±20 % from run to run.
+#   median kept, because single sweeps there move the small-size ratios by ±20 % from run to run.
 # * `cpu-2core-heap-reuse.json`: `pttfs-bench --out benchmarks/cpu-2core-heap-reuse.json` (one round) under
 #   `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824`, which make glibc serve large blocks from a heap it keeps, so that a fresh tensor
 #   reuses pages already touched (what jemalloc or tcmalloc, which PyTorch's CPU tuning guide recommends, do as
@@ -670,7 +670,7 @@ if cpu:
 # what autograd keeps for a `[16, 1024]` input. The recomputing path keeps $t_f$ and $t_{sf}$ (8 bytes per
 # neuron); a learnable τ, or the membrane as an output, needs $H$ (4 bytes per element) for the τ gradient or
 # for $\partial\mathcal L/\partial H$; the textbook backend keeps $H$; the sequential reference keeps every
-# step's graph. (The Triton backend, not runnable on this machine, stores $H$ and the two indices, like the
+# step's graph. (The Triton backend, which needs a GPU, stores $H$ and the two indices, like the
 # stored-membrane row.)
 
 # %%
@@ -828,7 +828,7 @@ for name, result in results.items():
 # at every T and B measured (1.06–1.27× in training, 1.19–1.41× in inference, against the faster peer). A
 # fixed-τ training step peaks at 8 bytes per element above its input, against 24 for SpikingJelly's LIF and PSN.
 # Of the targets, the headline run meets all but LIF/AMOS ≥ 10 at N = 2^18, T = 256, which the bound above
-# shows is out of reach for any implementation under this protocol on this machine. Small and mid sizes are bound
+# shows is out of reach for any implementation under this protocol on that machine. Small and mid sizes are bound
 # by per-call overhead, which is why the common fixed-τ call is one C++ autograd node; large sizes by memory
 # traffic and by the first touch of fresh outputs, so the ratios there move from run to run. GPU results come
 # from `benchmarks/gpu.sh` on a machine with a GPU.

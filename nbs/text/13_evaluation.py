@@ -538,7 +538,7 @@ for r in precision['rows']:
 
 
 # %% [markdown]
-# On this machine (an Intel Xeon with AMX-BF16 units) bfloat16 saves no time on this network: 63.1 s against
+# On the stored run's machine (a 2-core Intel Xeon with AMX-BF16 units) bfloat16 saves no time on this network: 63.1 s against
 # 63.4 s for the whole short run, data loading and evaluation included. One pair of three-epoch runs cannot tell
 # the 0.8-point gap in accuracy from noise; we did not measure the spread between seeds. The recipe above ran under
 # bfloat16; on this evidence float32 would have cost it no time. `--bf16` stays for GPUs, where it is on by default,
