@@ -29,17 +29,29 @@ body.book { display: flex; margin: 0; }
 .book-toc li.current > a { font-weight: bold; color: #000; }
 .book-name { font-weight: bold; font-size: 15px; }
 .book-page { flex: 1 1 auto; min-width: 0; max-width: 70rem; padding: 0 1.5rem; }
-.jp-InputArea, .jp-InputArea-editor, .jp-OutputArea-output pre { overflow-x: auto !important; }   /* long lines scroll */
+/* A book has no input prompts, and no line cut at the right edge: long code lines wrap, outputs too. */
+.jp-InputPrompt, .jp-OutputPrompt { display: none !important; }
+.jp-InputArea-editor pre, .jp-OutputArea-output pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 .book-pager { display: flex; justify-content: space-between; padding: .8rem 0; font: 14px sans-serif; }
 @media (max-width: 60rem) { body.book { display: block; } .book-toc { position: static; height: auto; border: 0; } }
 """
 
-# Marks, once the page has loaded and MathJax has finished, whether each image loaded: the check reads these from the DOM.
+# Marks, once the page has loaded and MathJax has finished, whether each image loaded, how many prompts show and how
+# many code blocks are wider than their box: the check reads these from the DOM.
 BOOK_JS = """
 window.addEventListener('load', function () {
   document.querySelectorAll('img').forEach(function (img) {
     img.setAttribute('data-loaded', img.complete && img.naturalWidth > 0 ? 'yes' : 'no');
   });
+  // What a reader would see cut or out of place: visible input prompts, and code or output wider than its box.
+  var visible = function (el) { return el.offsetParent !== null && el.textContent.trim() !== ''; };
+  var prompts = Array.prototype.filter.call(document.querySelectorAll('.jp-InputPrompt, .jp-OutputPrompt'), visible);
+  document.body.setAttribute('data-prompts', String(prompts.length));
+  var cut = Array.prototype.filter.call(document.querySelectorAll('pre'), function (pre) {
+    return visible(pre) && pre.scrollWidth > pre.clientWidth + 1;
+  });
+  document.body.setAttribute('data-cut-code', String(cut.length));
+  if (cut.length) document.body.setAttribute('data-cut-example', cut[0].textContent.split('\\n')[0].slice(0, 80));
   var done = function () { document.body.setAttribute('data-mathjax', 'done'); };
   if (window.MathJax && window.MathJax.Hub) window.MathJax.Hub.Queue(done);
   else document.body.setAttribute('data-mathjax', 'missing');
@@ -221,6 +233,10 @@ def check(out: Path) -> int:
         for m in list(RAW_TEX.finditer(text))[:5]:
             say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
         if '{target=' in text: say("Quarto link attributes left as text ('{target=...}')")
+        if dom.body.get('data-prompts') != '0': say(f"input or output prompts shown: {dom.body.get('data-prompts')!r}")
+        if dom.body.get('data-cut-code') != '0':
+            say(f"code wider than its box (cut at the right edge): {dom.body.get('data-cut-code')!r} blocks, "
+                f"the first starting {dom.body.get('data-cut-example', '')!r}")
         for img in dom.images:
             if img.get('data-loaded') != 'yes': say(f"image did not load: {img.get('src', '')[:80]!r}")
         for src in dom.resources:

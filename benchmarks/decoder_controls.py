@@ -1,40 +1,48 @@
-"""Incremental T against equal-epoch controls on Fashion-MNIST (the decoder issue, item 1), run in chunks across sessions.
+"""Incremental T against equal-epoch controls on Fashion-MNIST (the decoder issue, item 1).
 
 Every configuration trains the recipe's network (`--convs-per-block 2`, crops, bfloat16, batch 128, Adam at 3e-3)
-for the same 10 epochs, with seeds 0, 1 and 2:
+for the same 10 epochs, with seeds 0, 1 and 2 (`--train-subset N`: on a fixed subset of N training images, for a
+study that fits in a few hours of two cores; the test set is always the full 10,000 images):
 
     t1          --schedule 1:10                                 T = 1 only: the rate-decoded network (P1)
     inc         --schedule 1:6,2:2,4:2 --lr-schedule stage-cosine   incremental T, each stage its own cosine
-    inc-cosine  --schedule 1:6,2:2,4:2                           incremental T, one cosine over all epochs (as the recipe)
     t4          --schedule 4:10                                  T = 4 only
+    inc-cosine  --schedule 1:6,2:2,4:2                           incremental T, one cosine over all epochs (as the recipe)
 
-`--advance` trains the unfinished runs in RUNS_DIR one epoch at a time (`pttfs-train ... --stop-after N --resume`),
-in the order below (the first seed of every configuration before the second), on `--workers` runs side by side
-with `--threads` threads each, until `--minutes` have passed: a session that ends loses nothing but the epoch in
-flight, and the next one continues where this one stopped. `--collect` evaluates every finished run at its own T
-and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from "more
-epochs"), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
+`--advance` trains the unfinished runs in RUNS_DIR, `--epochs-per-call` epochs per `pttfs-train ... --stop-after N
+--resume` call, every seed of the first three configurations before inc-cosine, on `--workers` runs side by side
+with `--threads` threads each, and starts no call after `--minutes`: a stopped study loses only the calls in
+flight, and `--advance` again continues it from the run folders. `--collect` evaluates every finished run at its
+own T and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from
+"more epochs"), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
 
-    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --data-dir ../shared/data --advance --minutes 80
-    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --data-dir ../shared/data --collect benchmarks/decoder-controls.json
+    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --train-subset 15000 --advance --minutes 80 --epochs-per-call 10
+    python benchmarks/decoder_controls.py --runs-dir ../runs/controls --train-subset 15000 --collect benchmarks/decoder-controls-subset.json
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 COMMON = ('--dataset', 'fashion-mnist', '--augment', '--convs-per-block', '2', '--bf16', '--batch-size', '128')
 CONFIGS = {
     't1': ('--schedule', '1:10'),
     'inc': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine'),
-    'inc-cosine': ('--schedule', '1:6,2:2,4:2'),
     't4': ('--schedule', '4:10'),
+    'inc-cosine': ('--schedule', '1:6,2:2,4:2'),
 }
+MAIN = ('t1', 'inc', 't4')   # advanced first, every seed; inc-cosine (the stored recipe's schedule) after them
 SEEDS = (0, 1, 2)
 EPOCHS = 10
 
 
 def runs() -> list:
     "(name, flags) of every run, in the order they are advanced."
-    return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for seed in SEEDS for config in CONFIGS]
+    order = [(config, seed) for seed in SEEDS for config in MAIN] + [(c, seed) for seed in SEEDS for c in CONFIGS if c not in MAIN]
+    return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for config, seed in order]
+
+
+def common(args) -> tuple:
+    "The flags every run shares (the same on every call of a run, as --resume requires)."
+    return COMMON + (('--train-subset', str(args.train_subset)) if args.train_subset else ())
 
 
 def epochs_done(folder: str) -> int:
@@ -43,11 +51,11 @@ def epochs_done(folder: str) -> int:
     except OSError: return 0
 
 
-def train_one_epoch(name: str, flags: tuple, args) -> str:
+def train_some_epochs(name: str, flags: tuple, args) -> str:
     folder = os.path.join(args.runs_dir, name)
     done = epochs_done(folder)
-    argv = ['pttfs-train', *COMMON, *flags, '--data-dir', args.data_dir, '--out', folder, '--threads', str(args.threads),
-            '--stop-after', str(done + 1)] + (['--resume'] if os.path.exists(os.path.join(folder, 'last.pt')) else [])
+    argv = ['pttfs-train', *common(args), *flags, '--data-dir', args.data_dir, '--out', folder, '--threads', str(args.threads),
+            '--stop-after', str(min(EPOCHS, done + args.epochs_per_call))] + (['--resume'] if os.path.exists(os.path.join(folder, 'last.pt')) else [])
     finished = subprocess.run(argv, capture_output=True, text=True)
     if finished.returncode: return f"{name}: failed ({finished.stderr.strip().splitlines()[-1:]})"
     return f"{name}: epoch {epochs_done(folder)}/{EPOCHS}"
@@ -56,17 +64,21 @@ def train_one_epoch(name: str, flags: tuple, args) -> str:
 def advance(args):
     deadline = time.time() + 60 * args.minutes
     os.makedirs(args.runs_dir, exist_ok=True)
-    busy = set()
+    busy, failed, choosing = set(), set(), threading.Lock()
     def next_run():
         for name, flags in runs():
-            if name not in busy and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
+            if name not in busy and name not in failed and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
         return None
     def worker():
         while time.time() < deadline:
-            chosen = next_run()
-            if chosen is None: return
-            busy.add(chosen[0])
-            try: print(time.strftime('%H:%M:%S'), train_one_epoch(*chosen, args), flush=True)
+            with choosing:                                  # two workers never take the same run
+                chosen = next_run()
+                if chosen is None: return
+                busy.add(chosen[0])
+            try:
+                report = train_some_epochs(*chosen, args)
+                if ': failed' in report: failed.add(chosen[0])      # not retried in this call: read the report
+                print(time.strftime('%H:%M:%S'), report, flush=True)
             finally: busy.discard(chosen[0])
     with ThreadPoolExecutor(args.workers) as pool:
         for _ in range(args.workers): pool.submit(worker)
@@ -88,7 +100,7 @@ def collect(args):
         with open(os.path.join(folder, 'summary.json')) as f: summary = json.load(f)
         own, at_one = evaluate(folder, None, args.data_dir), evaluate(folder, 1, args.data_dir)
         rows.append(dict(run=name, config=name.rsplit('-seed', 1)[0], seed=int(name.rsplit('-seed', 1)[1]),
-                         command=' '.join(['pttfs-train', *COMMON, *flags]), T=summary['T'],
+                         command=' '.join(['pttfs-train', *common(args), *flags]), T=summary['T'],
                          test_accuracy=own['test_accuracy'], avg_timesteps=own['avg_timesteps'],
                          decisions=own.get('decisions'), test_accuracy_at_T1=at_one['test_accuracy'],
                          wall_seconds=summary.get('wall_seconds')))
@@ -105,7 +117,7 @@ def collect(args):
     from pttfs.train import describe_machine
     from pttfs.train import atomic_write
     result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
-                  epochs=EPOCHS, planned=[name for name, _ in runs()], runs=rows, configs=configs)
+                  epochs=EPOCHS, train_subset=args.train_subset, planned=[name for name, _ in runs()], runs=rows, configs=configs)
     def write(tmp):
         with open(tmp, 'w') as f: json.dump(result, f, indent=1)
     atomic_write(os.path.abspath(args.collect), write)
@@ -122,6 +134,8 @@ if __name__ == '__main__':
     p.add_argument('--minutes', type=float, default=60, help="--advance: start no epoch after this many minutes")
     p.add_argument('--workers', type=int, default=2, help="--advance: runs trained side by side")
     p.add_argument('--threads', type=int, default=1, help="--advance: threads per run")
+    p.add_argument('--epochs-per-call', type=int, default=1, help="--advance: epochs per pttfs-train call")
+    p.add_argument('--train-subset', type=int, default=None, help="train every run on this many training images")
     p.add_argument('--collect', default=None, help="write the finished runs' results to this JSON")
     args = p.parse_args()
     args.runs_dir, args.data_dir = os.path.abspath(args.runs_dir), os.path.abspath(args.data_dir)

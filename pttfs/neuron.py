@@ -8,6 +8,7 @@ __all__ = ['SPIKINGJELLY_REFUSED', 'check_spikingjelly_args', 'AMOSLIF', 'amos_l
 # %% ../nbs/06_neuron.ipynb #10d2ad74
 import math
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 from .surrogate import Sigmoid
 from .dynamics import amos_lif_sequential, check_neuron_args, tau_tensor
@@ -115,43 +116,52 @@ class AMOSLIF(nn.Module):
         bound = -math.log(torch.finfo(self.tau_logit.dtype).eps)
         return 1 / torch.sigmoid(self.tau_logit.clamp(-bound, bound))
 
-    def _tau_for(self, x: Tensor):
-        "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
-        if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
-        if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
-            raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
-                             f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
-        return self.tau.view(-1, *([1] * (x.dim() - self.channel_dim - 1)))
 
-    def reset(self):
-        "Forget the carried state (membrane and fired mask): the next call starts a new sequence. SpikingJelly's reset_net calls it."
-        self.membrane_state = self.fired_state = None
-        self.steps_seen = 0
+# %% ../nbs/06_neuron.ipynb #da4ee30b
+@patch
+def _tau_for(self: AMOSLIF, x: Tensor):
+    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
+    if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
+    if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
+        raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
+                         f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
+    return self.tau.view(-1, *([1] * (x.dim() - self.channel_dim - 1)))
 
-    def forward(self, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
-                return_membrane: bool = None,  # override the constructor's `return_membrane`
-               ):
-        want_membrane = self.return_membrane if return_membrane is None else return_membrane
-        keep_v_seq = self.store_v_seq and self.step_mode == 'm'
-        if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
-            spikes, membrane = self._continue(x.unsqueeze(0))
-            spikes, membrane = spikes[0], membrane[0]
-        elif self.step_mode != 'm': raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
-        elif self.stateful: spikes, membrane = self._continue(x)
-        elif self.backend == 'sequential':
-            spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
-        else:
-            spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
-                                                 backend=self.backend, return_membrane=want_membrane or keep_v_seq)
-        if keep_v_seq: self.v_seq = membrane
-        return (spikes, membrane) if want_membrane else spikes
+@patch
+def reset(self: AMOSLIF):
+    "Forget the carried state (membrane and fired mask): the next call starts a new sequence. SpikingJelly's reset_net calls it."
+    self.membrane_state = self.fired_state = None
+    self.steps_seen = 0
 
-    def extra_repr(self) -> str:
-        tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
-        v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
-        return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
-                f"surrogate={self.surrogate!r}, backend='{self.backend}', step_mode='{self.step_mode}'"
-                + (", stateful=True" if self.stateful else ''))
+
+# %% ../nbs/06_neuron.ipynb #5ae8a23b
+@patch
+def forward(self: AMOSLIF, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
+            return_membrane: bool = None,  # override the constructor's `return_membrane`
+           ):
+    want_membrane = self.return_membrane if return_membrane is None else return_membrane
+    keep_v_seq = self.store_v_seq and self.step_mode == 'm'
+    if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
+        spikes, membrane = self._continue(x.unsqueeze(0))
+        spikes, membrane = spikes[0], membrane[0]
+    elif self.step_mode != 'm': raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
+    elif self.stateful: spikes, membrane = self._continue(x)
+    elif self.backend == 'sequential':
+        spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
+    else:
+        spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
+                                             backend=self.backend, return_membrane=want_membrane or keep_v_seq)
+    if keep_v_seq: self.v_seq = membrane
+    return (spikes, membrane) if want_membrane else spikes
+
+@patch
+def extra_repr(self: AMOSLIF) -> str:
+    tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
+    v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
+    return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
+            f"surrogate={self.surrogate!r}, backend='{self.backend}', step_mode='{self.step_mode}'"
+            + (", stateful=True" if self.stateful else ''))
+
 
 # %% ../nbs/06_neuron.ipynb #a0a56a22
 class _ContinuedAMOSLIF(torch.autograd.Function):

@@ -692,6 +692,27 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
             raise RunError(f"--resume: {args.out}/last.pt does not fit this model ({type(e).__name__})") from None
     return model, optimizer, scheduler
 
+# %% ../nbs/12_train.ipynb #a7c3e1d2
+def _test_loader(args, test_set):
+    "The test split in batches of at least 256, in order (in memory when the split is `TensorImages`)."
+    if isinstance(test_set, TensorImages): return test_set.batches(max(args.batch_size, 256))
+    return DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers)
+
+
+def _distributed(model, world_size: int, device):
+    "What the optimizer steps through: the model itself, or the model in DDP under torchrun."
+    if world_size == 1: return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
+
+
+def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int, world_size: int, wall_seconds: float) -> dict:
+    "Everything `--resume` needs to continue after `epochs_done` epochs exactly as an uninterrupted run would."
+    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                history=history, settings=settings, epochs_done=epochs_done, rng=_rng_state(), world_size=world_size,
+                wall_seconds=wall_seconds, network=network_signature(model))
+
+
 # %% ../nbs/12_train.ipynb #11bdde4a
 def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dict:
     from tqdm import tqdm
@@ -712,12 +733,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         if rank == 0: write_metrics(args.out, history)   # the checkpoint's rows: a kill may have left the file one short
     args.epochs_saved = epochs_done
     settings = {k: getattr(args, k) for k in RUN_KEYS}
-    test_loader = (test_set.batches(max(args.batch_size, 256)) if isinstance(test_set, TensorImages)
-                   else DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers))
-    trained = model                                   # what the optimizer steps through: DDP under torchrun
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        trained = DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
+    test_loader, trained = _test_loader(args, test_set), _distributed(model, world_size, device)
     mix = mixup_or_cutmix(DATASETS[args.dataset]['classes']) if args.mixup else None
     interactive, lines = sys.stderr.isatty() and rank == 0, getattr(args, 'epoch_lines', False) and rank == 0
     epoch_bar = tqdm(total=len(epochs), initial=epochs_done, desc='epochs', disable=not interactive)
@@ -737,10 +753,8 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
             final = evaluate(model, test_loader, T, device, args.bf16)
             row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'decisions', 'spikes_per_sample_to_decision')})
             history.append(row)
-            save_checkpoint(args.out, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                           scheduler=scheduler.state_dict(), history=history, settings=settings,
-                                           epochs_done=epoch + 1, rng=_rng_state(), world_size=world_size,
-                                           wall_seconds=seconds_before + time.time() - start, network=network_signature(model)))
+            save_checkpoint(args.out, _checkpoint(model, optimizer, scheduler, history, settings, epoch + 1, world_size,
+                                                  seconds_before + time.time() - start))
             args.epochs_saved = epoch + 1
             write_metrics(args.out, history)
             epoch_bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", steps=f"{row['avg_timesteps']:.2f}")

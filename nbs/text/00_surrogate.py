@@ -187,6 +187,13 @@ ax.set_xlabel('x = H − V_th'); ax.legend(); plt.show()
 # `Sigmoid` (default, α = 4) and `ATan` are exact steps forward and smooth bumps backward; `surrogate_derivative`
 # gives $\Theta'$ of any surrogate, which the parallel backward of chapter 4 needs.
 
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write a `FastSigmoid` surrogate, $\Theta'(x) \approx 1/(1+\alpha|x|)^2$, with `__call__` and `derivative` as `Sigmoid` has them, and check its `derivative` against autograd through the smooth function it stands for, as this chapter checks `Sigmoid`.
+# 2. Plot `Sigmoid().derivative` for α = 1, 4 and 16. Before you plot: how does the gradient that reaches an input far below the threshold change as α grows?
+# 3. Why must the forward pass stay an exact step whatever the surrogate? Say what chapter 1's loop would compute if `__call__` returned the smooth function instead.
+
 # %%
 #| hide
 # NBVAL_SKIP

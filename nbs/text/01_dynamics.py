@@ -226,7 +226,9 @@ test_eq(amos_lif_sequential(one_step, force_last=True)[0], torch.ones(1, 4, dtyp
 # ## Membrane traces
 #
 # Random inputs for five neurons over 32 steps: each trace crosses the threshold at most once *with a spike*
-# (the dot); later crossings (the crosses) are the *fake spikes* that chapter 3 and 4 are about.
+# (the dot). The neuron does not reset, so after it the membrane may stay at or above the threshold, or fall and
+# rise again: every such step has $\tilde S[t] = \Theta(H[t] - V_{th}) = 1$ without a spike. These are the *fake
+# spikes* (the crosses) that chapters 3 and 4 are about.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -278,6 +280,13 @@ test_eq(torch.isfinite(x.grad).all(), True)
 # `amos_lif_sequential` is Eqs. 1–4 verbatim, with `force_last` (Eq. 7) as an option, off by default. It is one
 # pass over time, T sequential steps each waiting for the last, and autograd through it is BPTT. The next chapters make the
 # forward and the backward parallel over $t$ and check them against this loop.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Predict by hand at which step a neuron with constant input $x = 0.6$, τ = 2 and $V_{th} = 1$ first crosses the threshold (write $H[t]$ for t = 0, 1, 2, …), then check with `amos_lif_sequential`.
+# 2. Find an input for which `force_last=True` changes the output and one for which it does not. Which neurons does Eq. 7 touch?
+# 3. For one neuron with a rising input over T = 20 steps, count the fake spikes $\tilde S$ and the real spikes. Why can the first number exceed one while the second cannot?
 
 # %%
 #| hide

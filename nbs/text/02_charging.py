@@ -248,6 +248,44 @@ def charge(x: Tensor,  # input current X, shape [T, *]
 
 
 # %% [markdown]
+# ### The doubling scan, drawn
+#
+# The chunk ends are joined by a scan of their own: $E[c] = \alpha^L E[c-1] + e[c]$, where $e[c]$ is chunk $c$'s
+# local end. `_doubling_scan` does it in $\lceil\log_2 n\rceil$ rounds; in round $r$ every chunk adds in the value
+# $2^{r-1}$ chunks back, scaled by $\alpha^{2^{r-1}L}$, the decay over that many chunks. After the last round each
+# chunk holds the sum over all chunks before it, each decayed to its end. For 8 chunks, three rounds:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+def draw_doubling_scan(n_chunks: int = 8):
+    "The Hillis–Steele scan over chunk ends: at round r, chunk i adds α^(L·2^r) times chunk i − 2^r."
+    rounds = (n_chunks - 1).bit_length()
+    fig, ax = plt.subplots(figsize=(7, 1.1 * rounds + 1.2))
+    for r in range(rounds + 1):
+        ax.scatter(range(n_chunks), [r] * n_chunks, s=260, color='#dbe8f5', edgecolor='#1a4f8b', zorder=3)
+        for i in range(n_chunks):
+            span = min(i + 1, 2 ** r)               # how many chunk ends this value already sums
+            ax.text(i, r, f"{i - span + 1}–{i}" if span > 1 else str(i), ha='center', va='center', fontsize=7, zorder=4)
+        if r == rounds: break
+        offset = 2 ** r
+        for i in range(n_chunks):
+            if i >= offset:
+                ax.annotate('', xy=(i, r + 1), xytext=(i - offset, r),
+                            arrowprops=dict(arrowstyle='->', color='#c0392b', lw=1.1, shrinkA=9, shrinkB=9))
+            ax.annotate('', xy=(i, r + 1), xytext=(i, r), arrowprops=dict(arrowstyle='->', color='#999', lw=0.8, shrinkA=9, shrinkB=9))
+        ax.text(n_chunks - 0.3, r + 0.5, f"offset {offset}: $\\times\\,\\alpha^{{{offset}L}}$", fontsize=8, color='#c0392b', va='center')
+    ax.set_xlim(-0.6, n_chunks + 1.8); ax.set_ylim(rounds + 0.6, -0.6)
+    ax.set_xticks(range(n_chunks)); ax.set_xlabel('chunk c (its end E[c])')
+    ax.set_yticks(range(rounds + 1), ['input'] + [f"round {r + 1}" for r in range(rounds)])
+    for side in ('top', 'right', 'left'): ax.spines[side].set_visible(False)
+    ax.set_title(f"Joining {n_chunks} chunks in {rounds} rounds: each value sums the chunk ends it names", fontsize=10)
+    fig.tight_layout()
+    return fig
+draw_doubling_scan();
+
+
+# %% [markdown]
 # ## Checks against the loop
 #
 # float64, against the membrane of `amos_lif_sequential`, across chunk boundaries ($T = 64, 65, 66, 130$ around
@@ -257,17 +295,6 @@ def charge(x: Tensor,  # input current X, shape [T, *]
 # %% [markdown]
 # `diff_bucket(a, b)` prints $\max|a - b|/(1 + |b|)$ rounded up to a power of ten, a string that stays the same from
 # run to run; it and the book's other test helpers are in `pttfs.testing` (the appendix).
-
-# %%
-#| export
-#| hide
-def __getattr__(name):
-    "`diff_bucket` moved to `pttfs.testing` (the appendix); importing it from here still works."
-    if name == 'diff_bucket':
-        from pttfs.testing import diff_bucket
-        return diff_bucket
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # %%
 torch.manual_seed(0)
@@ -351,6 +378,13 @@ print("budget with a NaN beside 1e30:", f"{exponent_budget(x):.1f} bits")
 # `leaky_scan` applies Eq. 5 inside chunks short enough to stay finite, for the given τ and the size of the
 # input, and joins the chunks with a doubling scan: exact to float64 rounding for any $T$, τ and finite input, $O(T)$ work, $O(\log T)$ depth. `charge` is the neuron's
 # Eq. 4 on top of it. The same scan, run backwards in time, will be the backward pass's Eq. 19.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Find the smallest T at which the literal Eq. 5 overflows float32 for τ = 1.5 and for τ = 10, and compare each with the chunk length `leaky_scan` chooses for that τ.
+# 2. Replace the doubling scan that joins the chunks by a plain loop over chunks. Check that it agrees with `leaky_scan`, and count the sequential steps of each for T = 1024.
+# 3. Draw the doubling scan for 8 chunks by hand: which chunk carries add into which at each of the $\log_2 8 = 3$ rounds?
 
 # %%
 #| hide

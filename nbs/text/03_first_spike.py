@@ -44,7 +44,7 @@ def fake_spikes(membrane: Tensor,  # H, shape [T, *]
                 v_threshold: float = 1.0,  # V_th
                 force_last: bool = False,  # Eq. 9: treat t = T-1 as a crossing in every neuron
                ) -> Tensor:  # bool, shaped like membrane
-    "S̃ = Θ(H − V_th) (Eq. 8), every threshold crossing; with `force_last`, also S̃[T-1] = 1 (Eq. 9)."
+    "S̃ = Θ(H − V_th) (Eq. 8), 1 at every step at or above threshold; with `force_last`, also S̃[T-1] = 1 (Eq. 9)."
     fake = membrane >= v_threshold                     # Θ(0) = 1; a NaN membrane never crosses
     if force_last:
         fake = fake.clone()
@@ -112,6 +112,24 @@ for t in range(7): print(f"{t}   {H[t, 0].item():.4f}  {int(fake[t, 0])}     {in
 test_eq(first.item(), 2)
 test_eq(S, amos_lif_sequential(x, 2.0)[0])
 
+# %% [markdown]
+# The same neuron drawn: the membrane of every step at once (chapter 2), the threshold, the fake spikes
+# $\tilde S$ where $H \ge V_{th}$, and the one real spike at the first of them. The second fake spike, at
+# $t = 5$, changes nothing forward; chapter 4's backward will need it.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(6.5, 2.8))
+t = range(7)
+ax.plot(t, H[:, 0], 'o-', color='#1a4f8b', label='membrane $H[t]$ (Eqs. 4–6)')
+ax.axhline(1.0, color='#777', ls='--', lw=1, label='$V_{th}$')
+fired = [s for s in t if fake[s, 0]]
+ax.scatter(fired, [H[s, 0] for s in fired], s=160, facecolors='none', edgecolors='#c0392b', lw=1.5, label=r'fake spike $\tilde S$ (Eq. 8)')
+ax.vlines(first.item(), 0, H[first.item(), 0], color='#c0392b', lw=3, label=f'spike at $t_f$ = {first.item()} (Eqs. 7, 9)')
+ax.set_xlabel('t'); ax.set_ylabel('H'); ax.set_xticks(list(t)); ax.legend(fontsize=8, loc='upper left')
+ax.set_title('Eq. 9: the spike is the first fake spike', fontsize=10);
+
 
 # %% [markdown]
 # ## Checks against the loop
@@ -146,6 +164,13 @@ for T in [1, 2, 7, 64, 300]:
 # elementwise or reduction passes, identical to the loop. Without forcing, a neuron with no crossing gets
 # $t_f = T$ and no spike. The fake spikes after $t_f$ are not thrown away: the backward pass needs the first of
 # them, the *second fake spike*.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Build a membrane in which no step crosses the threshold. What does `torch.argmax` alone return for it, and how does `first_spike_index` tell that case apart?
+# 2. Compute $t_f$ with `torch.nonzero` (or `cumsum`) instead of `argmax` and check it against `first_spike_index` on random membranes, ties and empty rows included.
+# 3. Show P2 for one neuron: change its input at steps after $t_f$ and check that its spikes do not change. What does change, and why does the backward pass of chapter 4 need it?
 
 # %%
 #| hide

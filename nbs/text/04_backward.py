@@ -1,7 +1,7 @@
 # %% [markdown]
 # # The parallel backward
 #
-# > Eqs. 10–20: the mask gradient, the second fake spike and a reversed scan give the exact BPTT gradient of the AMOS LIF neuron without a loop over time. The result, `amos_lif_parallel`, is the neuron every later chapter uses.
+# > Eqs. 10–20: the mask gradient, the second fake spike and a reversed scan give the exact BPTT gradient of the AMOS LIF neuron without a loop over time. The result, `AMOSLIFFunction`, computes the neuron and its exact gradient in parallel; chapter 5 puts it behind `amos_lif_parallel`, the function every later chapter calls.
 
 # %% [markdown]
 # After this chapter you can derive the exact BPTT gradient of the AMOS neuron in closed form, compute it in parallel over time, and check it against autograd through the loop.
@@ -17,8 +17,6 @@ from pttfs.surrogate import Sigmoid, surrogate_derivative
 from pttfs.dynamics import check_neuron_args, tau_tensor
 from pttfs.charging import leaky_scan
 from pttfs.first_spike import fake_spikes, first_spike_index, amos_lif_forward
-from pttfs.backends import register_backend, backend_function, reads_bfloat16
-from pttfs.backends import PARALLEL_BACKENDS, choose_backend   # importable from here too, as before chapter 6 held them
 
 # %%
 #| hide
@@ -281,7 +279,6 @@ test_close(readings['reverse_leaky_scan(G, α)'], delta_loop, eps=1e-13)
 test_close(readings['charitable  Rev(cumsum(Rev(A ⊙ G)))'], A * delta_loop, eps=1e-13)   # off by exactly α^t
 assert not torch.allclose(readings['literal     Rev(cumsum(Rev(A) ⊙ G))'], delta_loop)
 
-
 # %% [markdown]
 # ## The gradient of τ
 #
@@ -308,6 +305,44 @@ assert not torch.allclose(readings['literal     Rev(cumsum(Rev(A) ⊙ G))'], del
 # ## All together
 #
 # `spatial_gradient` is Eqs. 15 and 17, `membrane_gradient` adds Eqs. 18–19; `AMOSLIFFunction` wires the parallel forward (Eqs. 5–9) to it.
+
+# %% [markdown]
+# Before the code, the whole picture: the forward of chapters 2–3 on top, the backward of this chapter below, and
+# what the backward reads from the forward (dashed). Every box is one elementwise pass, one reduction or one scan
+# over `[T, N]`; none loops over $t$ in Python.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+def draw_data_flow():
+    "The parallel forward (top, left to right) and backward (bottom, right to left): every box is one pass over [T, N]."
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    def box(x, y, text, color):
+        ax.text(x, y, text, ha='center', va='center', fontsize=8.5, zorder=3,
+                bbox=dict(boxstyle='round,pad=0.45', facecolor=color, edgecolor='#555'))
+    def arrow(x0, y0, x1, y1, label=''):
+        ax.annotate('', xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle='->', color='#333', shrinkA=40, shrinkB=40))
+        if label: ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, label, ha='center', fontsize=8, color='#1a4f8b')
+    forward = [(0, 'input\n$X$ [T, N]'), (2, 'charging: leaky\nscan, Eqs. 4–6'), (4, 'threshold\nEq. 8'),
+               (6, 'first crossing\n$t_f$ (and $t_{sf}$)\nEq. 9'), (8, 'one spike\nEq. 7')]
+    for x, text in forward: box(x, 1, text, '#dbe8f5')
+    for (x0, _), (x1, _), label in zip(forward, forward[1:], ['$X$', '$H$', r'$\tilde S$', '$t_f$']): arrow(x0, 1, x1, 1, label)
+    backward = [(8, r'$\partial\mathcal{L}/\partial S$'), (6, 'spike gradient\nEq. 15: gathers\nat $t_f$, $t_{sf}$'),
+                (4, 'spatial gradient\nEq. 17'), (2, 'reverse scan\nEqs. 19–20'), (0, r'$\partial\mathcal{L}/\partial X$' + '\n' + r'($\partial\mathcal{L}/\partial\tau$ from $H$)')]
+    for x, text in backward: box(x, -1, text, '#f8e1dc')
+    for (x0, _), (x1, _) in zip(backward, backward[1:]): arrow(x0, -1, x1, -1)
+    # what the backward reads from the forward
+    for x, what in ((6, '$t_f$, $t_{sf}$'), (4, '$H$'), (2, 'α')):
+        ax.annotate('', xy=(x, -0.55), xytext=(x, 0.55), arrowprops=dict(arrowstyle='->', color='#999', ls='--'))
+        ax.text(x + 0.1, 0, what, fontsize=8, color='#777', va='center')
+    ax.text(-1.1, 1, 'forward', rotation=90, va='center', fontsize=9, color='#1a4f8b')
+    ax.text(-1.1, -1, 'backward', rotation=90, va='center', fontsize=9, color='#c0392b')
+    ax.set_xlim(-1.3, 9); ax.set_ylim(-1.7, 1.6); ax.axis('off')
+    ax.set_title('The parallel AMOS LIF neuron: no loop over t, one pass over [T, N] per box', fontsize=10)
+    fig.tight_layout()
+    return fig
+draw_data_flow();
+
 
 # %%
 #| export
@@ -424,74 +459,6 @@ test_eq((first.item(), second.item()), (2, 6))
 test_close(delta, delta_loop, eps=1e-13)
 
 # %% [markdown]
-# The public function checks its arguments (chapter 1), computes in at least float32 (float16 and bfloat16
-# inputs, e.g. under `torch.autocast`, are promoted: the charge needs the range and precision, and a spike
-# decision should not depend on half-precision rounding), and returns outputs in the input's dtype. Its
-# `backend` argument chooses the implementation: `AMOSLIFFunction` above is `'torch'`, the textbook one; chapter 6
-# explains the others and how `'auto'` picks.
-
-# %%
-#| export
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-def _threshold_argument(v_threshold, x: Tensor):
-    "V_th as backends take it: a float, unless it is a tensor with one value per neuron or one that needs a gradient."
-    if not isinstance(v_threshold, Tensor): return float(v_threshold)
-    if v_threshold.numel() == 1 and not (v_threshold.requires_grad and torch.is_grad_enabled()): return v_threshold.item()
-    return v_threshold.to(dtype=x.dtype, device=x.device)
-
-def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
-                      tau=2.0,  # membrane time constant τ_m > 1: a number, or a tensor broadcasting to x.shape[1:]
-                      v_threshold=1.0,  # V_th: a number, or a tensor broadcasting to x.shape[1:] (per neuron or learnable; backend 'torch')
-                      surrogate=Sigmoid(),  # Θ with a surrogate gradient (`pttfs.surrogate`), or any such callable
-                      force_last: bool = False,  # Eq. 7: force a spike at T-1 in neurons that have not fired
-                      backend: str = 'auto',  # 'auto', or a name in `PARALLEL_BACKENDS` ('torch', 'cpu-fused', ...)
-                      return_membrane: bool = True,  # False: return (spikes, None), and let a backend skip writing H
-                     ) -> tuple:  # (spikes S, membrane H), both shaped like x
-    "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
-    check_neuron_args(x, tau, v_threshold, surrogate, force_last)
-    low = x.dtype in _LOW_PRECISION                # computed in float32: the backend is chosen as for a float32 x ...
-    like = x.new_empty((1,) * x.dim(), dtype=torch.float32).expand(x.shape) if low else x
-    if isinstance(tau, Tensor): tau = tau.to(dtype=like.dtype, device=x.device)
-    else: tau = float(tau)
-    v_threshold = _threshold_argument(v_threshold, like)
-    function = backend_function(like, tau, v_threshold, surrogate, backend)   # 'torch': AMOSLIFFunction (chapter 6)
-    uncast = (x.dtype == torch.bfloat16 and not return_membrane and reads_bfloat16(function)    # ... and one that reads
-              and not (isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled()))  # bfloat16 gets x as it is
-    compute = x.to(torch.float32) if low and not uncast else x
-    if torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)
-    else: spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)
-    if spikes.dtype == x.dtype: return spikes, (membrane if return_membrane else None)   # no no-op casts: ~1 µs
-    return spikes.to(x.dtype), (membrane.to(x.dtype) if return_membrane else None)
-
-
-# %%
-#| export
-#| hide
-# The textbook backend, 'torch': AMOSLIFFunction behind the signature every backend has (chapter 6).
-def _torch_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
-    return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, surrogate, force_last)
-
-register_backend('torch', _torch_backend)
-
-
-# %%
-#| export
-#| hide
-def __getattr__(name):
-    "`compare_with_reference` moved to `pttfs.testing` (the appendix); importing it from here still works."
-    if name == 'compare_with_reference':
-        from pttfs.testing import compare_with_reference
-        return compare_with_reference
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# %%
-show_doc(amos_lif_parallel)
-
-# %% [markdown]
 # ## The check: parallel against BPTT
 #
 # For every configuration below we run both implementations in float64 on the same input, with a learnable τ
@@ -532,7 +499,7 @@ for name, kwargs in [("ATan", dict(surrogate=ATan())), ("box lambda", dict(surro
 # %% [markdown]
 # A **learnable threshold**, one shared $V_{th}$ that requires grad: its gradient $-\sum_t \epsilon[t]$ must equal
 # what autograd finds through the loop, as τ's does. A per-neuron threshold tensor works the same way. Only the
-# textbook backend takes a threshold tensor; the fused kernels of later chapters take one fixed number and say so.
+# textbook backend takes a threshold tensor; the fused kernels of later chapters take one fixed number.
 
 # %%
 for T, tau, force_last in [(1, 2.0, False), (16, 2.0, True), (130, 1.01, False), (512, 50.0, True)]:
@@ -541,47 +508,31 @@ for T, tau, force_last in [(1, 2.0, False), (16, 2.0, True), (130, 1.01, False),
           f"dL/dX {bucket(r['grad_x'])}, dL/dtau {bucket(r['grad_tau'])}, dL/dV_th {bucket(r['grad_threshold'])}")
     test_eq(r['spikes_equal'], True)
     test_eq(max(r['membrane'], r['grad_x'], r['grad_tau'], r['grad_threshold']) < 1e-10, True)
-threshold = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)           # one per neuron
-amos_lif_parallel(torch.rand(8, 2, 3) * 2, 2.0, threshold)[0].sum().backward()
-test_eq(threshold.grad.shape, (3,))
-test_fail(amos_lif_parallel, args=(torch.rand(8, 3), 2.0, threshold), kwargs=dict(backend='no-such'), contains='threshold')
+
 
 # %% [markdown]
-# ## float32, long sequences and autocast
+# ## float32 and long sequences
 #
 # In float32 at $T = 4096$ everything stays finite, and the spikes agree with the float64 reference wherever the
 # float64 membrane is not within float32 rounding of the threshold (a tie there may go either way):
 
 # %%
+def parallel(x, tau=2.0, v_threshold=1.0, force_last=False):
+    "The autograd Function above with one τ, V_th and the Sigmoid surrogate (the next chapter's front door calls it so)."
+    return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, Sigmoid(), force_last)
+
 torch.manual_seed(0)
 x64 = 1.0 + 1.5 * torch.randn(4096, 256, dtype=torch.float64)
 x32 = x64.float().requires_grad_()
-s32, h32 = amos_lif_parallel(x32, 2.0)
+s32, h32 = parallel(x32)
 (s32.sum() + h32.sum()).backward()
-s64, h64 = amos_lif_parallel(x64, 2.0)
+s64, h64 = parallel(x64)
 near_tie = ((h64 - 1.0).abs() < 1e-5).any(0)
 agree = (s32.double() == s64).all(0)
 print("finite:", all(torch.isfinite(t).all().item() for t in (s32, h32, x32.grad)),
       f"| neurons near a tie: {int(near_tie.sum())} | spikes agree elsewhere: {bool(agree[~near_tie].all())}")
 test_eq(torch.isfinite(x32.grad).all().item(), True)
 test_eq(agree[~near_tie].all().item(), True)
-
-# %% [markdown]
-# Under `torch.autocast` on the CPU, a linear layer hands the neuron bfloat16; the neuron computes in float32 and
-# returns bfloat16 outputs that are finite, with spikes equal to a float32 run on the same (bfloat16) input:
-
-# %%
-torch.manual_seed(0)
-layer = torch.nn.Linear(32, 64)
-inp = torch.randn(300, 8, 32)
-with torch.autocast('cpu', dtype=torch.bfloat16):
-    current = layer(inp)
-    spikes, membrane = amos_lif_parallel(current, 2.0, 0.2)
-    (spikes.float().sum() + membrane.float().sum()).backward()
-print(current.dtype, spikes.dtype, membrane.dtype, "| finite:", torch.isfinite(membrane).all().item(),
-      "| weight grad finite:", torch.isfinite(layer.weight.grad).all().item())
-test_eq(torch.isfinite(membrane.float()).all().item(), True)
-test_eq(spikes.detach().float(), amos_lif_parallel(current.detach().float(), 2.0, 0.2)[0])
 
 # %% [markdown]
 # ## Huge finite inputs
@@ -611,13 +562,13 @@ for dtype, M in [(torch.float32, 1e20), (torch.float32, 1e30), (torch.float64, 1
 # %%
 x = torch.tensor([[0.5, 3.0], [float('nan'), float('nan')], [3.0, 3.0]], dtype=torch.float64)  # [T=3, 2 neurons]
 for force_last in [False, True]:
-    s, h = amos_lif_parallel(x, 2.0, force_last=force_last)
+    s, h = parallel(x, force_last=force_last)
     s_ref, h_ref = amos_lif_sequential(x, 2.0, force_last=force_last)
     print(f"force_last={force_last!s:5} spikes {s.T.tolist()}  membrane {h.T.tolist()}")
     test_eq(s, s_ref)
     test_eq(torch.isnan(h), torch.isnan(h_ref))
-test_eq(amos_lif_parallel(x, 2.0)[0][:, 0], torch.tensor([0., 0., 0.], dtype=torch.float64))   # silent after the NaN
-test_eq(amos_lif_parallel(x, 2.0)[0][:, 1], torch.tensor([1., 0., 0.], dtype=torch.float64))   # fired before it
+test_eq(parallel(x)[0][:, 0], torch.tensor([0., 0., 0.], dtype=torch.float64))   # silent after the NaN
+test_eq(parallel(x)[0][:, 1], torch.tensor([1., 0., 0.], dtype=torch.float64))   # fired before it
 
 # %% [markdown]
 # ## Summary
@@ -625,8 +576,15 @@ test_eq(amos_lif_parallel(x, 2.0)[0][:, 1], torch.tensor([1., 0., 0.], dtype=tor
 # closed form of Eq. 15, two gathers at $t_f$ and at the second fake spike $t_{sf}$. The spatial gradient is one
 # masked product (Eq. 17) and the temporal recursion (Eq. 18, with $\partial f/\partial H = \alpha$) is the charging
 # scan of chapter 2 run backwards (Eq. 19, with the $\mathbf A^-$ factor the printed equation omits). The τ gradient
-# needs only the membrane. `amos_lif_parallel` equals BPTT through the loop to float64 rounding ($< 10^{-10}$) in
+# needs only the membrane. `AMOSLIFFunction` equals BPTT through the loop to float64 rounding ($< 10^{-10}$) in
 # spikes, membrane, input and τ gradients, with and without forcing, for $T$ from 1 to 512 and τ from 1.01 to 1000.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Take one neuron with T = 6 whose fake spikes are at t = 2, 3 and 5. Write out the mask-gradient terms of Eq. 12 by hand and say which fake spike Eq. 15 reads as $t_{sf}$.
+# 2. Drop the $\mathbf A^-$ factor from Eq. 19 and compare the input gradient with BPTT through the loop. Which entries differ, and by how much?
+# 3. Derive the gradient with respect to $V_{th}$ and check it against autograd through `amos_lif_sequential` (chapter 6 uses it for a learnable threshold).
 
 # %%
 #| hide

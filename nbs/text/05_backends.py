@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Backends
 #
-# > One neuron, several implementations: how `amos_lif_parallel` and `AMOSLIF` choose between the textbook code of chapters 2–4 and the compiled kernels of the next chapters, and what a new backend or a new surrogate must provide.
+# > One neuron, several implementations: how `amos_lif_parallel` and `AMOSLIF` choose between the textbook code of chapters 2–4 and the compiled kernels of chapters 7 and 8, and what a new backend or a new surrogate must provide.
 
 # %%
 #| default_exp backends
@@ -12,6 +12,8 @@ import warnings
 import torch
 from torch import Tensor
 from pttfs.surrogate import Sigmoid, ATan
+from pttfs.dynamics import check_neuron_args, tau_tensor
+from pttfs.parallel import AMOSLIFFunction
 
 # %%
 #| hide
@@ -26,8 +28,8 @@ from nbdev.showdoc import show_doc
 #
 # Chapter 4's `AMOSLIFFunction` is the textbook implementation, the `'torch'` backend: every equation is its own
 # PyTorch operation, easy to read and to check against the loop, but each one is a pass over `[T, *]` memory. The
-# next chapters write the same equations as compiled kernels that make one pass forward and one backward:
-# `'cpu-fused'` (C++, chapter 7) and `'triton'` (CUDA, chapter 9). They are checked against the same reference;
+# later chapters write the same equations as compiled kernels that make one pass forward and one backward:
+# `'cpu-fused'` (C++, chapter 7) and `'triton'` (CUDA, chapter 8). They are checked against the same reference;
 # they differ only in speed and in what they accept (dtypes, surrogates, devices).
 #
 # A backend is a function
@@ -126,7 +128,7 @@ show_doc(register_backend)
 # error that says why:
 
 # %%
-# The registry the package fills on import ('torch' from chapter 4, then the compiled backends), not this notebook's empty copy:
+# The registry the package fills on import ('torch' below, then the compiled backends), not this notebook's empty copy:
 from pttfs.backends import PARALLEL_BACKENDS, _remembered_choices, register_backend, choose_backend, backend_function
 x = torch.randn(4, 3)
 before = choose_backend(x, 2.0, Sigmoid())
@@ -135,7 +137,7 @@ test_eq(choose_backend(x, 2.0, Sigmoid()), 'claims-all')
 PARALLEL_BACKENDS.pop('claims-all'); _remembered_choices.clear()
 test_eq(choose_backend(x, 2.0, Sigmoid()), before)
 test_eq(before in ('cpu-fused', 'torch'), True)
-register_backend('torch', *PARALLEL_BACKENDS['torch'])       # what chapter 4's notebook does when it runs again
+register_backend('torch', *PARALLEL_BACKENDS['torch'])       # what this notebook does when it runs again
 test_eq(choose_backend(x, 2.0, Sigmoid()), before)           # a name registered again keeps its place
 test_fail(lambda: choose_backend(x, 2.0, lambda u: (u >= 0).float(), backend='cpu-fused'), exc=ValueError, contains='surrogate')
 test_fail(lambda: backend_function(x, 2.0, torch.tensor(1.0), Sigmoid(), 'cpu-fused'), exc=ValueError, contains='threshold')
@@ -143,9 +145,94 @@ print("registered:", list(PARALLEL_BACKENDS), "| auto on a CPU float32 tensor:",
 
 
 # %% [markdown]
+# ## The front door: `amos_lif_parallel`
+#
+# The public function checks its arguments (chapter 1), computes in at least float32 (float16 and bfloat16
+# inputs, e.g. under `torch.autocast`, are promoted: the charge needs the range and precision, and a spike
+# decision should not depend on half-precision rounding), and returns outputs in the input's dtype. Its
+# `backend` argument chooses the implementation as above: chapter 4's `AMOSLIFFunction` is `'torch'`, registered
+# here, the first backend; the compiled ones register themselves in their own chapters.
+
+# %%
+#| export
+# The textbook backend, 'torch': AMOSLIFFunction behind the signature every backend has (above).
+def _torch_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=True):
+    return AMOSLIFFunction.apply(x, tau_tensor(tau, x), v_threshold, surrogate, force_last)
+
+register_backend('torch', _torch_backend)
+
+# %%
+#| export
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+def _threshold_argument(v_threshold, x: Tensor):
+    "V_th as backends take it: a float, unless it is a tensor with one value per neuron or one that needs a gradient."
+    if not isinstance(v_threshold, Tensor): return float(v_threshold)
+    if v_threshold.numel() == 1 and not (v_threshold.requires_grad and torch.is_grad_enabled()): return v_threshold.item()
+    return v_threshold.to(dtype=x.dtype, device=x.device)
+
+def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
+                      tau=2.0,  # membrane time constant τ_m > 1: a number, or a tensor broadcasting to x.shape[1:]
+                      v_threshold=1.0,  # V_th: a number, or a tensor broadcasting to x.shape[1:] (per neuron or learnable; backend 'torch')
+                      surrogate=Sigmoid(),  # Θ with a surrogate gradient (`pttfs.surrogate`), or any such callable
+                      force_last: bool = False,  # Eq. 7: force a spike at T-1 in neurons that have not fired
+                      backend: str = 'auto',  # 'auto', or a name in `PARALLEL_BACKENDS` ('torch', 'cpu-fused', ...)
+                      return_membrane: bool = True,  # False: return (spikes, None), and let a backend skip writing H
+                     ) -> tuple:  # (spikes S, membrane H), both shaped like x
+    "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
+    check_neuron_args(x, tau, v_threshold, surrogate, force_last)
+    low = x.dtype in _LOW_PRECISION                # computed in float32: the backend is chosen as for a float32 x ...
+    like = x.new_empty((1,) * x.dim(), dtype=torch.float32).expand(x.shape) if low else x
+    if isinstance(tau, Tensor): tau = tau.to(dtype=like.dtype, device=x.device)
+    else: tau = float(tau)
+    v_threshold = _threshold_argument(v_threshold, like)
+    function = backend_function(like, tau, v_threshold, surrogate, backend)   # 'torch': AMOSLIFFunction (chapter 4)
+    uncast = (x.dtype == torch.bfloat16 and not return_membrane and reads_bfloat16(function)    # ... and one that reads
+              and not (isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled()))  # bfloat16 gets x as it is
+    compute = x.to(torch.float32) if low and not uncast else x
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)
+    else: spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)
+    if spikes.dtype == x.dtype: return spikes, (membrane if return_membrane else None)   # no no-op casts: ~1 µs
+    return spikes.to(x.dtype), (membrane.to(x.dtype) if return_membrane else None)
+
+
+# %%
+show_doc(amos_lif_parallel)
+
+# %% [markdown]
+# A threshold tensor (one value per neuron, or one that requires grad) goes to `'torch'`, the only backend that
+# takes one; asked of another backend by name, it is an error:
+
+# %%
+threshold = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)           # one per neuron
+amos_lif_parallel(torch.rand(8, 2, 3) * 2, 2.0, threshold)[0].sum().backward()
+test_eq(threshold.grad.shape, (3,))
+test_fail(amos_lif_parallel, args=(torch.rand(8, 3), 2.0, threshold), kwargs=dict(backend='no-such'), contains='threshold')
+
+# %% [markdown]
+# Under `torch.autocast` on the CPU, a linear layer hands the neuron bfloat16; the neuron computes in float32 and
+# returns bfloat16 outputs that are finite, with spikes equal to a float32 run on the same (bfloat16) input:
+
+# %%
+torch.manual_seed(0)
+layer = torch.nn.Linear(32, 64)
+inp = torch.randn(300, 8, 32)
+with torch.autocast('cpu', dtype=torch.bfloat16):
+    current = layer(inp)
+    spikes, membrane = amos_lif_parallel(current, 2.0, 0.2)
+    (spikes.float().sum() + membrane.float().sum()).backward()
+print(current.dtype, spikes.dtype, membrane.dtype, "| finite:", torch.isfinite(membrane).all().item(),
+      "| weight grad finite:", torch.isfinite(layer.weight.grad).all().item())
+test_eq(torch.isfinite(membrane.float()).all().item(), True)
+test_eq(spikes.detach().float(), amos_lif_parallel(current.detach().float(), 2.0, 0.2)[0])
+
+
+# %% [markdown]
 # ## The fixed τ as a number
 #
-# `AMOSLIF` (chapter 5) hands the backends a fixed τ as a Python number, which they check and use more cheaply than
+# `AMOSLIF` (chapter 6) hands the backends a fixed τ as a Python number, which they check and use more cheaply than
 # a tensor. A fixed τ is read from its buffer as a number once and remembered until the buffer changes (a `.item()`
 # on every call costs a microsecond, and on a GPU a synchronisation). Loading a state dict or writing the buffer
 # in place must still take effect. Expected: fewer neurons reach the threshold once τ goes from 2 to 8 (the membrane charges more slowly), and every
@@ -184,7 +271,7 @@ with torch.inference_mode(): test_eq(AMOSLIF(tau=8.0, step_mode='m')(x), after) 
 #
 # Both compiled backends take the same inputs in the same form: `[T, N]` views of contiguous tensors, τ as one number
 # or one value per neuron, the upstream gradient of a sum read as one number, and a surrogate they know by a small
-# integer. These helpers are shared by chapter 7's C++ and chapter 9's Triton backends:
+# integer. These helpers are shared by chapter 7's C++ and chapter 8's Triton backends:
 
 # %%
 #| export
@@ -237,16 +324,24 @@ test_eq(reduce_tau_grad(torch.ones(6), (2, 3), (3,)), torch.full((3,), 2.0))
 # |---|---|---|
 # | all compiled ones | `_SURROGATE_KIND` above | the class and its number |
 # | `'cpu-fused'` | `theta_prime` in `pttfs/csrc/amos_lif.cpp` (chapter 7) | a branch for the new number |
-# | `'triton'` | `_backward_kernel` in `pttfs/triton_kernels.py` (chapter 9) | the `KIND` branch that computes `theta_prime` |
+# | `'triton'` | `_backward_kernel` in `pttfs/triton_kernels.py` (chapter 8) | the `KIND` branch that computes `theta_prime` |
 #
 # A surrogate missing from `_SURROGATE_KIND` is not an error: `kernel_limits` says so, and `'auto'` runs it on
 # `'torch'`.
 #
 # ## Summary
 # `register_backend` adds an implementation of the neuron, `choose_backend` picks one per call (remembered for a
-# float τ), and `backend_function` is what `amos_lif_parallel` calls. `fixed_tau_number` gives `AMOSLIF`'s fixed τ
+# float τ), and `amos_lif_parallel`, the front door, checks its arguments, computes in at least float32 and calls
+# the chosen backend through `backend_function`. `fixed_tau_number` gives `AMOSLIF`'s fixed τ
 # as a number without a `.item()` per call. The compiled backends share the helpers above, and a new surrogate
 # needs one entry in `_SURROGATE_KIND` and one branch in each kernel.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Register a backend that calls chapter 1's loop and run `compare_with_reference(..., backend=...)` on it. Which columns of the table must be exact, and why?
+# 2. Make a surrogate that is not in `_SURROGATE_KIND` and check, with `choose_backend`, which backend `'auto'` picks for it on the CPU.
+# 3. `amos_lif_parallel` computes in at least float32. Call it on a bfloat16 input and compare with the float32 result: where would bfloat16 arithmetic inside the scan lose the spike times?
 
 # %%
 #| hide

@@ -13,12 +13,14 @@
 #| export
 import math
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 from pttfs.surrogate import Sigmoid
 from pttfs.dynamics import amos_lif_sequential, check_neuron_args, tau_tensor
 from pttfs.charging import charge
 from pttfs.first_spike import fake_spikes, first_spike_index, spikes_from_index
-from pttfs.parallel import amos_lif_parallel, spatial_gradient, reverse_leaky_scan, _gather_time
+from pttfs.parallel import spatial_gradient, reverse_leaky_scan, _gather_time
+from pttfs.backends import amos_lif_parallel
 from pttfs.backends import PARALLEL_BACKENDS, fixed_tau_number
 
 # %%
@@ -168,43 +170,66 @@ class AMOSLIF(nn.Module):
         bound = -math.log(torch.finfo(self.tau_logit.dtype).eps)
         return 1 / torch.sigmoid(self.tau_logit.clamp(-bound, bound))
 
-    def _tau_for(self, x: Tensor):
-        "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
-        if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
-        if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
-            raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
-                             f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
-        return self.tau.view(-1, *([1] * (x.dim() - self.channel_dim - 1)))
 
-    def reset(self):
-        "Forget the carried state (membrane and fired mask): the next call starts a new sequence. SpikingJelly's reset_net calls it."
-        self.membrane_state = self.fired_state = None
-        self.steps_seen = 0
 
-    def forward(self, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
-                return_membrane: bool = None,  # override the constructor's `return_membrane`
-               ):
-        want_membrane = self.return_membrane if return_membrane is None else return_membrane
-        keep_v_seq = self.store_v_seq and self.step_mode == 'm'
-        if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
-            spikes, membrane = self._continue(x.unsqueeze(0))
-            spikes, membrane = spikes[0], membrane[0]
-        elif self.step_mode != 'm': raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
-        elif self.stateful: spikes, membrane = self._continue(x)
-        elif self.backend == 'sequential':
-            spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
-        else:
-            spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
-                                                 backend=self.backend, return_membrane=want_membrane or keep_v_seq)
-        if keep_v_seq: self.v_seq = membrane
-        return (spikes, membrane) if want_membrane else spikes
+# %% [markdown]
+# The constructor only checks and stores; the module's work is in the methods below, attached to the class with
+# fastcore's `@patch` (nbdev's way to grow a class over several cells). `_tau_for` shapes τ to broadcast over the input (one number, or one value per channel along
+# `channel_dim`), and `reset` forgets the state a step-by-step run carries:
 
-    def extra_repr(self) -> str:
-        tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
-        v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
-        return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
-                f"surrogate={self.surrogate!r}, backend='{self.backend}', step_mode='{self.step_mode}'"
-                + (", stateful=True" if self.stateful else ''))
+# %%
+#| export
+@patch
+def _tau_for(self: AMOSLIF, x: Tensor):
+    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
+    if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
+    if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
+        raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
+                         f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
+    return self.tau.view(-1, *([1] * (x.dim() - self.channel_dim - 1)))
+
+@patch
+def reset(self: AMOSLIF):
+    "Forget the carried state (membrane and fired mask): the next call starts a new sequence. SpikingJelly's reset_net calls it."
+    self.membrane_state = self.fired_state = None
+    self.steps_seen = 0
+
+
+
+# %% [markdown]
+# `forward` dispatches on the step mode: one step (`'s'`) or a stateful chunk continues from the carried state
+# (the section on carried state below derives it), and a whole sequence (`'m'`) calls the front door of chapter 5,
+# or chapter 1's loop when `backend='sequential'`:
+
+# %%
+#| export
+@patch
+def forward(self: AMOSLIF, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
+            return_membrane: bool = None,  # override the constructor's `return_membrane`
+           ):
+    want_membrane = self.return_membrane if return_membrane is None else return_membrane
+    keep_v_seq = self.store_v_seq and self.step_mode == 'm'
+    if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
+        spikes, membrane = self._continue(x.unsqueeze(0))
+        spikes, membrane = spikes[0], membrane[0]
+    elif self.step_mode != 'm': raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
+    elif self.stateful: spikes, membrane = self._continue(x)
+    elif self.backend == 'sequential':
+        spikes, membrane = amos_lif_sequential(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last)
+    else:
+        spikes, membrane = amos_lif_parallel(x, self._tau_for(x), self.v_threshold, self.surrogate, self.force_last,
+                                             backend=self.backend, return_membrane=want_membrane or keep_v_seq)
+    if keep_v_seq: self.v_seq = membrane
+    return (spikes, membrane) if want_membrane else spikes
+
+@patch
+def extra_repr(self: AMOSLIF) -> str:
+    tau = f"{self.tau.item():.4g}" if self.tau.dim() == 0 else f"[{self.num_channels} values]"
+    v_threshold = f"{self.v_threshold.item():.4g}, learnable_threshold=True" if self.learnable_threshold else self.v_threshold
+    return (f"tau={tau}, v_threshold={v_threshold}, learnable_tau={self.learnable_tau}, force_last={self.force_last}, "
+            f"surrogate={self.surrogate!r}, backend='{self.backend}', step_mode='{self.step_mode}'"
+            + (", stateful=True" if self.stateful else ''))
+
 
 
 # %%
@@ -511,9 +536,9 @@ test_eq(whole[0], reference[0])                          # and the one call is t
 # %% [markdown]
 # Two details make a carried sequence equal to one call in every setting. **Eq. 7's forced spike** sits at the
 # sequence's last step, which a neuron fed step by step cannot see; told the length (`sequence_length = T`, which
-# early exit in chapter 12 sets), it forces the spike when its step comes. This path is for inference: training
+# early exit in chapter 11 sets), it forces the spike when its step comes. This path is for inference: training
 # with `force_last` goes through one call. **Low precision.** One call computes a bfloat16 input's membrane in
-# float32 (chapter 4) and rounds only what it returns; the carried membrane must stay float32 too, or each chunk
+# float32 (chapter 5) and rounds only what it returns; the carried membrane must stay float32 too, or each chunk
 # would start from a rounded state. We expect both to match the one-call neuron exactly:
 
 # %%
@@ -599,6 +624,13 @@ test_fail(lambda: AMOSLIF(surrogate=ATan(), surrogate_function=sj_surrogate.ATan
 # one per channel if asked, a learnable threshold on request, spikes and optionally the membrane. Its parallel and sequential backends agree to
 # float64 rounding, learnable τ included. It also runs step by step (`step_mode='s'`) or in chunks (`stateful=True`), carrying
 # membrane and mask with the exact gradient through them, and fits SpikingJelly's `set_step_mode` and `reset_net`.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Build the same two-layer network with SpikingJelly's `LIFNode` and with `AMOSLIF`, switch both with `functional.set_step_mode(net, 'm')` and run them on one `[T, B, N]` input. How many spikes does each neuron of each network emit?
+# 2. Run T = 16 steps as four chunks of 4 with `stateful=True` and check that outputs and the gradients of input and τ equal one call over all 16 steps.
+# 3. Train a per-channel τ on a small task and plot the learned values. Do they move away from their start, and in which direction?
 
 # %%
 #| hide

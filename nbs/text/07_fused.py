@@ -29,7 +29,7 @@ from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 from IPython.display import Markdown
 from pttfs.surrogate import Sigmoid, ATan
-from pttfs.parallel import amos_lif_parallel, PARALLEL_BACKENDS
+from pttfs.backends import amos_lif_parallel, PARALLEL_BACKENDS
 from pttfs.testing import compare_with_reference, diff_bucket
 from pttfs.dynamics import amos_lif_sequential
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -71,7 +71,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # sequential pass touches each element once, while the time-parallel form makes several passes over the same memory
 # for the same result. The time-parallel form, the `'torch'` backend, should be the better one when $N$ is too small
 # to fill the machine and $T$ is long (a few neurons over thousands of steps, especially on a GPU with thousands of
-# threads to fill): then only time offers the parallelism. We have not measured where the two cross. So the CPU speed-ups of chapter 8 measure fusion (one pass instead of about thirty)
+# threads to fill): then only time offers the parallelism. We have not measured where the two cross. So the CPU speed-ups of chapter 14 measure fusion (one pass instead of about thirty)
 # and the closed-form backward (no step-by-step mask recursion), not a time-parallel scan.
 #
 # On a CPU the parallel dimension is the neurons: each SIMD lane is one neuron, and a block of neurons walks down
@@ -238,7 +238,7 @@ print(f"fused kernel: {'built/loaded' if extension is not None else 'unavailable
 #
 # The kernel sees `x` as `[T, N]` (the trailing dimensions flattened, which is free for a contiguous tensor) and τ
 # either as one number or as one value per neuron (`flat_tau`, `compact_grad` and the other helpers it shares with
-# the Triton backend are in chapter 6). There are two ways to give the backward what it needs:
+# the Triton backend are in chapter 5). There are two ways to give the backward what it needs:
 #
 # * **recompute** (τ fixed, only the spikes used downstream: every hidden layer of a fixed-τ network): the backward
 #   keeps the two index vectors and the input, nothing else; it recomputes the membrane from the input in a first
@@ -309,7 +309,7 @@ def _fused_backend(x, tau, v_threshold, surrogate, force_last, return_membrane=T
 register_backend('cpu-fused', _fused_backend, _fused_supports, devices=('cpu',), reads_bfloat16=True)
 
 # %%
-from pttfs.parallel import choose_backend
+from pttfs.backends import choose_backend
 x = torch.randn(8, 4)
 box = lambda u: (u >= 0).to(u.dtype)
 print("auto, float32, Sigmoid ->", choose_backend(x, 2.0, Sigmoid()))
@@ -469,11 +469,12 @@ for dtype in (torch.float64, torch.float32):
 # A single measurement here, at $N = 2^{14}$ neurons, float32, training mode (forward and backward of the sum of
 # the spikes, only the spikes returned: the path a hidden layer takes), against the textbook backend and the
 # bandwidth bound: the bytes the fused kernels must move (the table above: 8 bytes per element forward, 8 backward
-# since the gradient of a sum is one number) divided by this machine's copy bandwidth for the same size. The full sweep,
-# against SpikingJelly's LIF and PSN neurons, is the next chapter. (Timings vary from run to run; this cell's
-# output is not compared.) Most of the remaining gap to the bound is not arithmetic: on this virtual machine the
-# first touch of a freshly allocated output costs a page fault per 4 KiB, which is why the kernel asks for huge
-# pages on large outputs (`advise_huge_pages` above).
+# since the gradient of a sum is one number) divided by the copy bandwidth measured for the same size. The full sweep,
+# against SpikingJelly's LIF and PSN neurons, is chapter 14. (Timings vary from run to run; this cell's
+# output is not compared.) Most of the remaining gap to the bound is not arithmetic: the bound's copy writes into
+# memory already touched, while a fresh output pays, on its first touch, a page fault per 4 KiB (slow on many
+# virtual machines), which is why the kernel asks Linux for huge pages on large outputs (`advise_huge_pages`, in the
+# kernel file).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -499,8 +500,8 @@ for T in [16, 64, 256]:
 
 # %% [markdown]
 # Two claims of this chapter, measured here rather than asserted (timings, not compared). The kernels split the
-# neurons over the cores, so two threads should take about half the time of one at a size where the work
-# dominates; and the fixed per-call cost of a Python `autograd.Function`, which `AMOSLIFRecompute` avoids, is the
+# neurons over the cores, so two threads should take less time than one at a size where the work dominates (at
+# best half: where memory bandwidth, shared by the cores, is the limit, less is gained); and the fixed per-call cost of a Python `autograd.Function`, which `AMOSLIFRecompute` avoids, is the
 # difference between a training step through a Python function that does nothing and the same step through a C++
 # operation that does as little (`view_as`):
 
@@ -534,6 +535,13 @@ print(f"a Python autograd.Function costs {1e3 * (python_ms - cpp_ms):.1f} us mor
 # on the way forward so that Eq. 15 costs two gathers on the way back; blocks of neurons spread over the cores
 # with OpenMP, and the common fixed-τ call is a single C++ autograd node. It agrees with BPTT to float64 rounding,
 # compiles at first use, and falls back to the textbook backend, with one warning, where it cannot be built.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Time a training step of `AMOSLIF` for N = 2^16, T = 16 with the kernel and with `PTTFS_DISABLE_FUSED=1` (a fresh process each). Predict the ratio first from the number of passes over memory each makes.
+# 2. Add the `FastSigmoid` of exercise 0.1 to the kernel: a number in `_SURROGATE_KIND` and a branch in `theta_prime`; check it with `compare_with_reference(..., backend='cpu-fused')`.
+# 3. The kernel stores $t_f$ and $t_{sf}$ in 8 bits when T ≤ 255. Why 255 and not 256? What would a 16-bit variant cost and save?
 
 # %%
 #| hide

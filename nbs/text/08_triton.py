@@ -253,6 +253,13 @@ if runs:
 # The Triton kernels are the CPU kernel's algorithm with one GPU lane per neuron: coalesced, one pass forward and
 # one backward, exact against BPTT (checked here through the interpreter). 'auto' uses them for CUDA tensors.
 
+# %% [markdown]
+# ## Exercises
+#
+# 1. Run this chapter's checks in Triton's interpreter for T = 1 and T = 300. Which of the kernels' loops run over time, and which over neurons?
+# 2. Put the CPU kernel and the Triton kernel side by side: what takes the place of the SIMD lane, and of the OpenMP block?
+# 3. On a machine with a GPU, time `'triton'` against `'torch'` for N = 2^20 and T from 8 to 256, training mode, and plot the ratio against T.
+
 # %%
 #| hide
 # NBVAL_SKIP

@@ -75,7 +75,7 @@ test_eq(select_time(values, torch.tensor([2, 3])), torch.stack([values[2, 0], va
 # Every decoder of this chapter starts the same way, a synaptic layer into AMOS LIF output neurons with one
 # learnable τ each; they differ only in how they read those neurons. The output neurons do not force a last spike
 # (Eq. 7) unless asked with `force_last=True`: for the TSD a forced spike at T−1 changes nothing (it decides at T−1
-# anyway, from the same membranes), but for decoders that read spike times it does, and chapter 14 tests what.
+# anyway, from the same membranes), but for decoders that read spike times it does, and chapter 13 tests what.
 
 # %%
 #| export
@@ -203,7 +203,7 @@ for v_threshold in [0.1, 0.2, 0.4, 0.8, 1.6]:
 #
 # Both decide at the first output spike too, so their decision time is $t_{1st}$. Note that with at most one spike
 # per output neuron these two assumed forms differ only by a constant ($-\hat t_k/T = o^{TWD}_k - 1$), so under
-# the cross-entropy they train identically; chapter 14 shows it in the ablation.
+# the cross-entropy they train identically; chapter 13 shows it in the ablation.
 
 # %%
 #| export
@@ -308,6 +308,13 @@ test_eq([reads[n][1] for n in DECODERS], [2, T - 1, 2, 2])
 # T = 1 (P1), blind to everything after $t_{1st}$ (P2), with the threshold as a confidence knob. `RateDecoder`,
 # `TemporalWeightingDecoder` and `TQTTFSDecoder` (the last two in forms we assumed) share its interface, so the
 # training chapter can swap them for Table 4's ablation.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Show P1 numerically: at T = 1 the TSD's logits equal `RateDecoder`'s for random output membranes and spikes.
+# 2. Raise the decoder threshold until no output neuron spikes. Which step does the TSD read then, and what happens to the decision time of every sample?
+# 3. Write a decoder that reads each output neuron's largest membrane over time and train it on `digits` with `pttfs-train --dataset digits`. Does it decide earlier or later than the TSD?
 
 # %%
 #| hide

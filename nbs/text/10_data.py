@@ -328,8 +328,10 @@ print(f"CIFAR layout: pixels as torchvision's; every crop a window, {mirrored.fl
 # %% [markdown]
 # ## Direct encoding
 #
-# The paper feeds the image itself to the first convolution at every time step ("direct encoding"): the network's
-# input is the image repeated over T, in the `[T, B, ...]` layout of every layer after it.
+# The paper does not say how images enter its networks. We use direct encoding, as the PSN paper's CIFAR code
+# (whose protocol the paper follows) and SpikingJelly's examples do: the first convolution receives the image itself
+# at every time step, so the network's input is the image repeated over T, in the `[T, B, ...]` layout of every layer
+# after it.
 
 # %%
 #| export
@@ -352,6 +354,13 @@ print(tuple(direct_encode(images, 3).shape))
 # `load_dataset` returns the five datasets as torchvision would (plus the offline `digits`), with a clear error
 # when data is missing, or with `in_memory=True` as `TensorImages`: the same pixels, drawn a batch at a time in the
 # DataLoader's order, with crops and flips applied to whole batches; `direct_encode` repeats images over time.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Load Fashion-MNIST with and without `in_memory=True`, no augmentation, and check that the first shuffled batch is the same for the same seed.
+# 2. Draw a batch of augmented images from `TensorImages` and from torchvision's transforms side by side. Can you tell which is which?
+# 3. Write a Poisson rate encoder beside `direct_encode` and train `digits` at T = 4 with each. Which reaches the higher accuracy, and at what average decision step?
 
 # %%
 #| hide

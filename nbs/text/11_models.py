@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Models
 #
-# > The spiking convolutional networks of the experiments: a small SCNN for digits, MNIST and Fashion-MNIST, and the PSN paper's CIFAR network, each with AMOS LIF neurons and a decoder from chapter 10.
+# > The spiking convolutional networks of the experiments: a small SCNN for digits, MNIST and Fashion-MNIST, and the PSN paper's CIFAR network, each with AMOS LIF neurons and a decoder from chapter 9.
 
 # %% [markdown]
 # After this chapter you can build the paper's networks with AMOS LIF neurons (or SpikingJelly's as baselines), count their spikes, and stop inference at each sample's decision.
@@ -102,7 +102,7 @@ print('\n'.join(rows))
 # layer is 2C×7×7; for digits' 8×8 it is 2C×2×2.
 #
 # With `convs_per_block=2` each block has two `Conv → BN → AMOS LIF` layers before its pooling, in the VGG style:
-# six neuron layers instead of three. This is our Fashion-MNIST network (chapter 14). The paper's SCNN⁵ for MNIST
+# six neuron layers instead of three. This is our Fashion-MNIST network (chapter 13). The paper's SCNN⁵ for MNIST
 # and Fashion-MNIST is defined in its supplement, which we do not have, so the two may differ.
 
 # %%
@@ -365,6 +365,50 @@ logits, t = small(torch.randn(2, 3, 32, 32), T=3)
 test_eq(logits.shape, (2, 10)); test_eq(t.shape, (2,))
 
 # %% [markdown]
+# The Fashion-MNIST network (two convolutions per block) drawn from the module itself: every stage of the body, top
+# to bottom, with the shape it outputs for one image at T = 4, measured with forward hooks. Time stays the leading
+# dimension throughout; the neurons (red) are the only layers that look along it.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+def describe_layer(module) -> str:
+    "A short name for one stage of the body: the layers it wraps, in order."
+    parts = []
+    for layer in (module.layers if hasattr(module, 'layers') else [module]):
+        if isinstance(layer, nn.Conv2d): parts.append(f"Conv {layer.kernel_size[0]}×{layer.kernel_size[1]}, {layer.in_channels}→{layer.out_channels}")
+        elif isinstance(layer, nn.BatchNorm2d): parts.append("BN")
+        elif isinstance(layer, nn.Linear): parts.append(f"Linear {layer.in_features}→{layer.out_features}")
+        elif isinstance(layer, nn.Flatten): parts.append("Flatten")
+        elif isinstance(layer, AMOSLIF): parts.append("AMOS LIF")
+        else: parts.append(type(layer).__name__)
+    return ' + '.join(parts)
+
+def draw_network(model, T: int = 4, image_shape=(1, 28, 28)):
+    "Every stage of `model.body` and the decoder, top to bottom, with the shape each one outputs for one image."
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple((o[0] if isinstance(o, tuple) else o).shape)))
+             for m in list(model.body) + [model.decoder.synapse]]
+    with torch.no_grad(): model.eval()(torch.zeros(1, *image_shape), T)
+    for h in hooks: h.remove()
+    stages = [describe_layer(m) for m in model.body] + [f"decoder: {describe_layer(model.decoder.synapse)}, AMOS LIF, "
+                                                        f"{type(model.decoder).__name__}"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(stages) + 0.6))
+    for k, (text, shape) in enumerate(zip(stages, shapes)):
+        spiking = text == 'AMOS LIF'
+        ax.text(0, -k, text, ha='center', va='center', fontsize=8.5,
+                bbox=dict(boxstyle='round,pad=0.3', facecolor='#f8e1dc' if spiking else '#dbe8f5', edgecolor='#555'))
+        ax.text(0.62, -k, '[' + ', '.join(map(str, shape)) + ']', va='center', fontsize=8, family='monospace', color='#555')
+        if k: ax.annotate('', xy=(0, -k + 0.3), xytext=(0, -k + 0.7), arrowprops=dict(arrowstyle='->', color='#777'))
+    ax.text(0.62, 0.8, 'output [T, B, ...]', fontsize=8, color='#555')
+    ax.set_xlim(-0.75, 1.1); ax.set_ylim(-len(stages) + 0.4, 1.2); ax.axis('off')
+    return fig
+
+torch.manual_seed(0)
+draw_network(build_model('fashion-mnist', convs_per_block=2));
+
+
+# %% [markdown]
 # Spike counts per layer, on request (the evaluation reports spikes per sample per layer):
 
 # %%
@@ -390,7 +434,7 @@ test_eq(per_step[0][1].shape, (4, 5))         # per step and sample: a decision 
 #   weights through its membranes, and raises them until the neurons fire.
 
 # %% [markdown]
-# To see *which* neurons fire *when*, `record_spikes` keeps every neuron layer's spikes for a few samples; chapter 13
+# To see *which* neurons fire *when*, `record_spikes` keeps every neuron layer's spikes for a few samples; chapter 12
 # draws them as a raster before and after training. Here, for the initial network, we expect the same two silent layers
 # and no neuron that fires twice:
 
@@ -443,7 +487,7 @@ test_fail(lambda: build_model('digits', surrogate='relu'), exc=ValueError, conta
 #   output spike, which is known once that step is computed, and the logits are the membranes at that step.
 #
 # So `predict(images, T, early_exit=True)` runs the network step by step (or `chunk` steps at a time), with every
-# `AMOSLIF` carrying its state (`stateful=True`, section "Step by step" of chapter 5). After each pass it takes
+# `AMOSLIF` carrying its state (`stateful=True`, section "Step by step" of chapter 6). After each pass it takes
 # the decisions, writes the decided samples' logits, and drops those samples from the batch, from the input and
 # from every neuron's carried state. It stops when every sample has decided, or at $T$ (where an undecided sample
 # takes the membranes of step $T-1$, as the TSD does). A rate decoder, TWD and TQ-TTFS read all $T$ steps before
@@ -458,7 +502,7 @@ body = nn.Sequential(SequenceWise(nn.Flatten(), nn.Linear(64, 32)), AMOSLIF(step
 model = SpikingClassifier(body, DECODERS['tsd'](32, 10)).eval()
 body[0].layers[1].weight.data.normal_(0, 0.3)                   # weights set by hand so that the decisions
 model.decoder.synapse.weight.data.normal_(0, 0.5)               # spread over the steps (a trained MNIST net
-model.decoder.synapse.bias.data.fill_(0.8)                      # decides at t = 0: see chapter 14)
+model.decoder.synapse.bias.data.fill_(0.8)                      # decides at t = 0: see chapter 13)
 images, T = torch.rand(64, 1, 8, 8), 8
 full = model.predict(images, T, early_exit=False)
 for chunk in (1, 3):
@@ -477,7 +521,7 @@ test_fail(lambda: build_model('digits').train().predict(images, T), exc=ValueErr
 # Early exit carries only `AMOSLIF`'s state, so it refuses a body with any other temporal layer (a SpikingJelly
 # neuron, say), whose steps it would get wrong. Two settings need care to stay exact. A hidden layer with
 # `force_last=True` fires its silent neurons at $T-1$, which changes what the next layer sees at that step: every
-# neuron is told the sequence length, and forces the spike when step $T-1$ comes (chapter 5). In bfloat16 autocast,
+# neuron is told the sequence length, and forces the spike when step $T-1$ comes (chapter 6). In bfloat16 autocast,
 # the carried membranes stay float32, as one call keeps them. The checks: the same network with hidden forced
 # spikes, and under bfloat16 autocast, decides and predicts exactly as the full pass; a body with SpikingJelly's LIF is
 # refused:
@@ -502,6 +546,13 @@ test_fail(lambda: SpikingClassifier(lif_body, DECODERS['tsd'](32, 10)).eval().pr
 # ## Summary
 # `build_model` assembles the SCNN or the CIFAR network with AMOS LIF neurons and a decoder; `SpikingClassifier`
 # encodes images over T steps; `spike_recorder` counts spikes per layer, step and sample.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Count the parameters of the SCNN with one and with two convolutions per block, and of the CIFAR network at the paper's width C = 256.
+# 2. With `spike_recorder`, find the layer with the highest firing rate of an untrained network on one batch. Does it change after one epoch of training?
+# 3. Build the same network with `neuron='lif'` and `neuron='psn'` and compare the spikes per sample of each layer.
 
 # %%
 #| hide

@@ -12,15 +12,18 @@
 # %%
 #| export
 import argparse
+import datetime
 import hashlib
 import io
 import json
 import math
 import os
+import platform
 import random
 import re
 import stat
 import sys
+import tempfile
 import time
 import torch
 from torch import nn, Tensor
@@ -39,7 +42,7 @@ from nbdev.showdoc import show_doc
 #
 # A schedule is a list of stages `T:epochs`: `1:10,2:3,4:2` trains 10 epochs at T = 1, then 3 at T = 2, then 2
 # at T = 4, the weights carrying over from stage to stage. At T = 1 the network with the temporal selector decoder
-# is a rate-decoded network (chapter 10's P1), the strong baseline; each later stage teaches it to use more time
+# is a rate-decoded network (chapter 9's P1), the strong baseline; each later stage teaches it to use more time
 # steps while deciding at the first output spike.
 #
 # **The learning rate across stages.** One cosine decay over all epochs (`--lr-schedule cosine`, the default)
@@ -94,7 +97,7 @@ for bad in ['', '1:0', 'x:2', '2', '1:2:3', '0:4', '100000000:1', '1:1000000000'
 # %% [markdown]
 # ## One epoch, and the evaluation
 #
-# The training images come from chapter 11's `TensorImages` (the whole split in memory, augmented a batch at a
+# The training images come from chapter 10's `TensorImages` (the whole split in memory, augmented a batch at a
 # time) for every dataset but `digits` and the PSN policy (`--augment psn`), which go through a `DataLoader`.
 #
 # Training: by default Adam on the cross-entropy of the decoder's logits (for the TSD, the output membranes at
@@ -103,7 +106,7 @@ for bad in ['', '1:0', 'x:2', '2', '1:2:3', '0:4', '100000000:1', '1:1000000000'
 # and SGD with momentum.
 #
 # **bfloat16.** `--bf16` runs the convolutions and linear layers under bfloat16 autocast; the neurons always
-# compute in float32 (chapter 4 casts a low-precision input up for every backend but the fused CPU kernel, which
+# compute in float32 (chapter 5 casts a low-precision input up for every backend but the fused CPU kernel, which
 # reads and writes bfloat16 itself and computes in float32: chapter 7). It is on by
 # default on CUDA. On a CPU it pays where the CPU has bfloat16 matrix units (AVX512-BF16, AMX); elsewhere it can be
 # slower than float32.
@@ -331,6 +334,64 @@ def check_out_path(out: str) -> str:
     return path
 
 
+# %% [markdown]
+# A single output file (`pttfs-eval`'s JSON, `pttfs-bench`'s) gets the same care as a run folder: checked before any
+# work, and never replacing a file that is not an earlier output of the same command:
+
+# %%
+#| export
+def _holds_keys(path: str, keys) -> bool:
+    "Whether the file is a JSON object with all these keys: an earlier output of the same command."
+    try:
+        with open(path) as f: data = json.load(f)
+    except (OSError, ValueError): return False
+    return isinstance(data, dict) and all(key in data for key in keys)
+
+
+def check_out_file(p, out: str,
+                   overwrite: bool = False,  # --overwrite: replace an existing file, if it is `own`
+                   own: tuple = ('machine', 'isolated'),  # the keys of this command's JSON: only such a file is replaced
+                  ) -> str:
+    "An output file's absolute path, checked before any work: new (or replaceable), not a folder, in a writable folder."
+    if not out.strip(): p.error("--out is empty: name the JSON file to write")
+    path = os.path.abspath(out)
+    if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
+    if os.path.lexists(path):                       # never replace a checkpoint, a metrics file, another tool's output
+        if not overwrite: p.error(f"--out {out}: the file exists; choose another --out, or pass --overwrite to replace it")
+        if os.path.islink(path) or not _holds_keys(path, own):
+            p.error(f"--out {out}: --overwrite replaces only an earlier {p.prog} output, and this file is not one")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)): pass        # can a file be written there?
+    except OSError as e: p.error(f"--out {out}: cannot write there ({e.strerror or e})")
+    return path
+
+
+# %% [markdown]
+# Every stored result records what it was measured on (`describe_machine`): the date, the CPU model, the thread
+# count, the versions, and the environment variables that change threads, kernels or the allocator.
+
+# %%
+#| export
+def describe_machine(device: str = 'cpu') -> dict:
+    "What the numbers were measured on."
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, device=str(device),
+                environment={k: v for k, v in os.environ.items()         # what changes threads, kernels, the allocator
+                             if k in ('OMP_NUM_THREADS', 'THP_MEM_ALLOC_ENABLE', 'PTTFS_DISABLE_FUSED', 'LD_PRELOAD') or k.startswith('MALLOC_')})
+    try:
+        import spikingjelly; info['spikingjelly'] = getattr(spikingjelly, '__version__', 'installed')
+    except ImportError: info['spikingjelly'] = None
+    try:
+        with open('/proc/cpuinfo') as f:
+            info['cpu_model'] = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+    except OSError: pass
+    if str(device).startswith('cuda') and torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
 # %%
 #| export
 class RunFolder:
@@ -433,9 +494,9 @@ with tempfile.TemporaryDirectory() as tmp:
 # from the PSN paper's CIFAR-10 script and its logged arguments; the AMOS paper says it followed that protocol on
 # CIFAR.
 #
-# `--neuron lif` or `--neuron psn` trains the same body with SpikingJelly's neurons instead of AMOS LIF (chapter 12)
+# `--neuron lif` or `--neuron psn` trains the same body with SpikingJelly's neurons instead of AMOS LIF (chapter 11)
 # and a rate read-out: Table 3's baselines. A PSN layer is built for one T, so its schedule has one stage.
-# `--output-force-last` applies Eq. 7 to the output layer only (chapter 14 tests what that does to the spike-time
+# `--output-force-last` applies Eq. 7 to the output layer only (chapter 13 tests what that does to the spike-time
 # decoders). `--train-subset N` trains on a fixed random choice of N training images, the same in every run, for
 # quick studies.
 #
@@ -778,7 +839,7 @@ test_eq(_all_sum([1.0, 2.0], 'cpu'), [1.0, 2.0])
 def _load_data(args) -> tuple:
     "(train set, test set), or a RunError that says what to do."
     try:
-        in_memory = args.dataset != 'digits' and args.augment != 'psn'      # chapter 11's TensorImages: the same images, faster
+        in_memory = args.dataset != 'digits' and args.augment != 'psn'      # chapter 10's TensorImages: the same images, faster
         return (load_dataset(args.dataset, args.data_dir, train=True, download=args.download, augment=args.augment, in_memory=in_memory),
                 load_dataset(args.dataset, args.data_dir, train=False, download=args.download, in_memory=in_memory))
     except FileNotFoundError as e: raise RunError(str(e)) from None
@@ -900,6 +961,29 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
 
 # %%
 #| export
+def _test_loader(args, test_set):
+    "The test split in batches of at least 256, in order (in memory when the split is `TensorImages`)."
+    if isinstance(test_set, TensorImages): return test_set.batches(max(args.batch_size, 256))
+    return DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers)
+
+
+def _distributed(model, world_size: int, device):
+    "What the optimizer steps through: the model itself, or the model in DDP under torchrun."
+    if world_size == 1: return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
+
+
+def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int, world_size: int, wall_seconds: float) -> dict:
+    "Everything `--resume` needs to continue after `epochs_done` epochs exactly as an uninterrupted run would."
+    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                history=history, settings=settings, epochs_done=epochs_done, rng=_rng_state(), world_size=world_size,
+                wall_seconds=wall_seconds, network=network_signature(model))
+
+
+
+# %%
+#| export
 def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dict:
     from tqdm import tqdm
     start = time.time()
@@ -919,12 +1003,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         if rank == 0: write_metrics(args.out, history)   # the checkpoint's rows: a kill may have left the file one short
     args.epochs_saved = epochs_done
     settings = {k: getattr(args, k) for k in RUN_KEYS}
-    test_loader = (test_set.batches(max(args.batch_size, 256)) if isinstance(test_set, TensorImages)
-                   else DataLoader(test_set, batch_size=max(args.batch_size, 256), num_workers=args.workers))
-    trained = model                                   # what the optimizer steps through: DDP under torchrun
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        trained = DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
+    test_loader, trained = _test_loader(args, test_set), _distributed(model, world_size, device)
     mix = mixup_or_cutmix(DATASETS[args.dataset]['classes']) if args.mixup else None
     interactive, lines = sys.stderr.isatty() and rank == 0, getattr(args, 'epoch_lines', False) and rank == 0
     epoch_bar = tqdm(total=len(epochs), initial=epochs_done, desc='epochs', disable=not interactive)
@@ -944,10 +1023,8 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
             final = evaluate(model, test_loader, T, device, args.bf16)
             row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'decisions', 'spikes_per_sample_to_decision')})
             history.append(row)
-            save_checkpoint(args.out, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                           scheduler=scheduler.state_dict(), history=history, settings=settings,
-                                           epochs_done=epoch + 1, rng=_rng_state(), world_size=world_size,
-                                           wall_seconds=seconds_before + time.time() - start, network=network_signature(model)))
+            save_checkpoint(args.out, _checkpoint(model, optimizer, scheduler, history, settings, epoch + 1, world_size,
+                                                  seconds_before + time.time() - start))
             args.epochs_saved = epoch + 1
             write_metrics(args.out, history)
             epoch_bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", steps=f"{row['avg_timesteps']:.2f}")
@@ -1141,7 +1218,7 @@ assert rows[-1]['test_accuracy'] > 0.5                              # ten classe
 # %% [markdown]
 # ### What training did to the spikes
 #
-# Chapter 12 left the hidden linear layer (`body.7`) and the output neurons silent at initialisation. A freshly
+# Chapter 11 left the hidden linear layer (`body.7`) and the output neurons silent at initialisation. A freshly
 # initialised network and the one trained above, on the same test digit at T = 4: each dot is a neuron's one spike, at the
 # step it fired (a sample of at most 150 neurons per layer, those that fire first on top). Freshly initialised, this
 # small network (8 channels, 64 hidden neurons) does not fire at all on this digit;
@@ -1178,7 +1255,14 @@ test_eq(all(float(s.sum()) > 0 for s in rasters['trained'].values()), True)
 # `pttfs-train` trains with incremental T, evaluates accuracy, latency, decisions and spikes, writes
 # `metrics.jsonl`, `last.pt`, `summary.json` and two figures, and resumes a killed run exactly, in one process or
 # under `torchrun`. Recipes set the PSN paper's protocol in one flag, and `--neuron` swaps in the baselines of
-# Table 3. Chapter 14 uses all of it for the paper's tables.
+# Table 3. Chapter 13 uses all of it for the paper's tables.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Print `lr_factors` for the schedule `1:6,2:2,4:2` with `'cosine'` and with `'stage-cosine'`, and plot both. What learning rate does each give the T = 4 stage?
+# 2. Train `digits` with `--schedule 1:4` and with `--schedule 1:2,2:2` and compare accuracy and the decision table of each. Is the difference larger than between two seeds of one schedule?
+# 3. Stop a run with `--stop-after 1`, resume it with `--resume`, and check that its `metrics.jsonl` equals an uninterrupted run's.
 
 # %%
 #| hide

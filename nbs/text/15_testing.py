@@ -17,7 +17,7 @@ from torch import Tensor
 from pttfs.surrogate import Sigmoid
 from pttfs.dynamics import amos_lif_sequential
 from pttfs.charging import charge
-from pttfs.parallel import amos_lif_parallel
+from pttfs.backends import amos_lif_parallel
 
 # %%
 #| hide
@@ -119,7 +119,13 @@ test_eq(max(r['membrane'], r['grad_x'], r['grad_tau']) < 1e-12, True)
 # %% [markdown]
 # ## Summary
 # `bucket` and `diff_bucket` print differences as powers of ten; `compare_with_reference` is the exactness check of
-# chapters 4, 7 and 9, one configuration at a time.
+# chapters 4, 7 and 8, one configuration at a time.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Give `compare_with_reference` a backend with a deliberate bug (drop the $\mathbf A^-$ factor of Eq. 19) and read the table it prints: which columns catch it?
+# 2. Why does `diff_bucket` print powers of ten rather than the differences themselves? Think of what a notebook test compares from one run to the next.
 
 # %%
 #| hide

@@ -14,8 +14,8 @@ from pttfs.surrogate import Surrogate, Sigmoid, ATan, surrogate_derivative
 from pttfs.dynamics import amos_lif_sequential
 from pttfs.charging import charge, leaky_scan
 from pttfs.first_spike import amos_lif_forward
-from pttfs.parallel import amos_lif_parallel, AMOSLIFFunction
-from pttfs.backends import PARALLEL_BACKENDS, register_backend, choose_backend
+from pttfs.parallel import AMOSLIFFunction
+from pttfs.backends import amos_lif_parallel, PARALLEL_BACKENDS, register_backend, choose_backend
 from pttfs.fused import FusedAMOSLIFFunction            # registers the 'cpu-fused' backend (built on first use)
 from pttfs.triton_kernels import TritonAMOSLIFFunction  # registers the 'triton' backend (CUDA; Triton imported on first use)
 from pttfs.neuron import AMOSLIF, amos_lif_continued
@@ -122,16 +122,16 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # 2. [Parallel charging](nbs/02_charging.ipynb), Eqs. 5–6: where the literal cumsum overflows (float32 from T = 129 at τ = 2) and `leaky_scan`, a chunked form that is exact for any T and any finite input.
 # 3. [First-spike extraction](nbs/03_first_spike.ipynb), Eqs. 7–9: fake spikes, argmax, spikes.
 # 4. [The parallel backward](nbs/04_backward.ipynb), Eqs. 10–20: the mask gradient, the second fake spike, the reversed scan, the τ and threshold gradients, the paper's Fig. 1 for one neuron; `amos_lif_parallel`, checked against BPTT.
-# 5. [The neuron module](nbs/05_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
-# 6. [Backends](nbs/06_backends.ipynb): how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
+# 5. [The neuron module](nbs/06_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
+# 6. [Backends](nbs/05_backends.ipynb): how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
 # 7. [A fused CPU kernel](nbs/07_fused.ipynb): why the textbook path is slow, and the same equations in one pass over memory (`'cpu-fused'`, C++ in `pttfs/csrc/amos_lif.cpp`, compiled at first use, with a fallback).
-# 8. [Speed: the benchmark](nbs/08_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
-# 9. [Triton kernels for the GPU](nbs/09_triton.ipynb): the `'triton'` backend, tested on the CPU through Triton's interpreter.
-# 10. [Output decoders](nbs/10_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
-# 11. [Data](nbs/11_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
-# 12. [Models](nbs/12_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
-# 13. [Training](nbs/13_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
-# 14. [Evaluation and ablations](nbs/14_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
+# 8. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
+# 9. [Triton kernels for the GPU](nbs/08_triton.ipynb): the `'triton'` backend, tested on the CPU through Triton's interpreter.
+# 10. [Output decoders](nbs/09_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
+# 11. [Data](nbs/10_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
+# 12. [Models](nbs/11_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
+# 13. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
+# 14. [Evaluation and ablations](nbs/13_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
 # 15. [Appendix: test helpers](nbs/15_testing.ipynb): `diff_bucket`, `bucket` and `compare_with_reference`, the exactness check every backend passes.
 #
 # ## Backends and speed
@@ -157,7 +157,7 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # two threads each on two cores ran 1.6 times slower than with one each, and a run beside a busy process 1.4 times
 # slower with two than with one (`benchmarks/threads.txt`). The default stays torch's, so that a run's numbers do
 # not depend on what else the machine was doing. To time the neuron against SpikingJelly (`pip install -e ".[bench]"`): `pttfs-bench --out bench.json`. The
-# committed results (`benchmarks/`, each with its machine) and what they show are in chapter 8.
+# committed results (`benchmarks/`, each with its machine) and what they show are in chapter 14.
 #
 # ## The contract
 #
