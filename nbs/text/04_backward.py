@@ -465,7 +465,9 @@ test_close(delta, delta_loop, eps=1e-13)
 # (one per neuron where marked) and random upstream gradients on **both** outputs,
 # $\mathcal L = \sum \mathbf g_S \odot \mathbf S + \sum \mathbf g_H \odot \mathbf H$. The threshold is set near the
 # median membrane so that first spikes, second fake spikes and silent neurons all occur. `compare_with_reference` (in `pttfs.testing`, the appendix) does this for one
-# configuration and returns the largest differences, which `bucket` prints as powers of ten. We expect identical
+# configuration and returns the largest differences, which `bucket` prints as powers of ten. We ask for the
+# `'torch'` backend, which is `AMOSLIFFunction` of this chapter (chapter 5 registers it under that name; chapters 7
+# and 8 run the same check on the compiled backends). We expect identical
 # spikes and differences at float64 rounding, far below the $10^{-10}$ we require:
 
 # %%
@@ -474,7 +476,7 @@ worst = 0.0
 for T in [1, 2, 16, 65, 130, 512]:
     for tau in [1.01, 2.0, 50.0, 1000.0]:
         for force_last in [False, True]:
-            r = compare_with_reference(T, tau, force_last, tau_per_neuron=(T % 2 == 0))
+            r = compare_with_reference(T, tau, force_last, tau_per_neuron=(T % 2 == 0), backend='torch')
             print(f"{T:4} {tau:7} {force_last!s:>5} {T % 2 == 0!s:>10} | {'exact' if r['spikes_equal'] else 'DIFF':>6} "
                   f"{r['fired']:5.2f} | {bucket(r['membrane']):>8} {bucket(r['grad_x']):>7} {bucket(r['grad_tau']):>7}")
             test_eq(r['spikes_equal'], True)
@@ -490,7 +492,7 @@ test_eq(worst < 1e-10, True)
 box = lambda x: (x >= 0).to(x.dtype) + (x.clamp(-0.5, 0.5) - x.clamp(-0.5, 0.5).detach())
 for name, kwargs in [("ATan", dict(surrogate=ATan())), ("box lambda", dict(surrogate=box)),
                      ("[T,B,C,H,W], tau per W", dict(trailing=(2, 3, 4, 5), tau_per_neuron=True))]:
-    r = compare_with_reference(33, 3.0, False, **kwargs)
+    r = compare_with_reference(33, 3.0, False, **kwargs, backend='torch')
     print(f"{name:24} spikes {'exact' if r['spikes_equal'] else 'DIFF'}, membrane {bucket(r['membrane'])}, "
           f"dL/dX {bucket(r['grad_x'])}, dL/dtau {bucket(r['grad_tau'])}")
     test_eq(r['spikes_equal'], True)
@@ -503,7 +505,7 @@ for name, kwargs in [("ATan", dict(surrogate=ATan())), ("box lambda", dict(surro
 
 # %%
 for T, tau, force_last in [(1, 2.0, False), (16, 2.0, True), (130, 1.01, False), (512, 50.0, True)]:
-    r = compare_with_reference(T, tau, force_last, learnable_threshold=True, tau_per_neuron=True)
+    r = compare_with_reference(T, tau, force_last, learnable_threshold=True, tau_per_neuron=True, backend='torch')
     print(f"T={T:3} tau={tau:5} force_last={force_last!s:5}: spikes {'exact' if r['spikes_equal'] else 'DIFF'}, "
           f"dL/dX {bucket(r['grad_x'])}, dL/dtau {bucket(r['grad_tau'])}, dL/dV_th {bucket(r['grad_threshold'])}")
     test_eq(r['spikes_equal'], True)
@@ -546,7 +548,7 @@ test_eq(agree[~near_tie].all().item(), True)
 # %%
 for dtype, M in [(torch.float32, 1e20), (torch.float32, 1e30), (torch.float64, 1e100), (torch.float64, 1e300)]:
     for tau in [1.01, 2.0, 50.0]:
-        r = compare_with_reference(300, tau, False, trailing=(16,), dtype=dtype, huge=M, learnable_threshold=True)
+        r = compare_with_reference(300, tau, False, trailing=(16,), dtype=dtype, huge=M, learnable_threshold=True, backend='torch')
         print(f"{str(dtype)[6:]:8} M={M:5.0e} tau={tau:5}: spikes {'exact' if r['spikes_equal'] else 'DIFF'}, "
               f"non-finite values exactly where the loop has them: {r['finite_alike']}")
         test_eq((r['spikes_equal'], r['finite_alike']), (True, True))
@@ -584,7 +586,7 @@ test_eq(parallel(x)[0][:, 1], torch.tensor([1., 0., 0.], dtype=torch.float64))  
 #
 # 1. Take one neuron with T = 6 whose fake spikes are at t = 2, 3 and 5. Write out the mask-gradient terms of Eq. 12 by hand and say which fake spike Eq. 15 reads as $t_{sf}$.
 # 2. Drop the $\mathbf A^-$ factor from Eq. 19 and compare the input gradient with BPTT through the loop. Which entries differ, and by how much?
-# 3. Derive the gradient with respect to $V_{th}$ and check it against autograd through `amos_lif_sequential` (chapter 6 uses it for a learnable threshold).
+# 3. A neuron that continues from a carried state (chapter 6) starts from $H[-1] = h_0 \ne 0$. Write the τ gradient for that case and check it against autograd through the loop started from $h_0$.
 
 # %%
 #| hide

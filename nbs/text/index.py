@@ -121,17 +121,17 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # 1. [AMOS dynamics](nbs/01_dynamics.ipynb), Eqs. 1–4: `amos_lif_sequential`, the loop-over-time reference; `force_last` and why it is off by default.
 # 2. [Parallel charging](nbs/02_charging.ipynb), Eqs. 5–6: where the literal cumsum overflows (float32 from T = 129 at τ = 2) and `leaky_scan`, a chunked form that is exact for any T and any finite input.
 # 3. [First-spike extraction](nbs/03_first_spike.ipynb), Eqs. 7–9: fake spikes, argmax, spikes.
-# 4. [The parallel backward](nbs/04_backward.ipynb), Eqs. 10–20: the mask gradient, the second fake spike, the reversed scan, the τ and threshold gradients, the paper's Fig. 1 for one neuron; `amos_lif_parallel`, checked against BPTT.
-# 5. [The neuron module](nbs/06_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
-# 6. [Backends](nbs/05_backends.ipynb): how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
+# 4. [The parallel backward](nbs/04_backward.ipynb), Eqs. 10–20: the mask gradient, the second fake spike, the reversed scan, the τ and threshold gradients, the paper's Fig. 1 for one neuron; `AMOSLIFFunction`, checked against BPTT.
+# 5. [Backends](nbs/05_backends.ipynb): `amos_lif_parallel`, the function every later chapter calls; how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
+# 6. [The neuron module](nbs/06_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
 # 7. [A fused CPU kernel](nbs/07_fused.ipynb): why the textbook path is slow, and the same equations in one pass over memory (`'cpu-fused'`, C++ in `pttfs/csrc/amos_lif.cpp`, compiled at first use, with a fallback).
-# 8. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
-# 9. [Triton kernels for the GPU](nbs/08_triton.ipynb): the `'triton'` backend, tested on the CPU through Triton's interpreter.
-# 10. [Output decoders](nbs/09_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
-# 11. [Data](nbs/10_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
-# 12. [Models](nbs/11_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
-# 13. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
-# 14. [Evaluation and ablations](nbs/13_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
+# 8. [Triton kernels for the GPU](nbs/08_triton.ipynb): the `'triton'` backend, tested on the CPU through Triton's interpreter.
+# 9. [Output decoders](nbs/09_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
+# 10. [Data](nbs/10_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
+# 11. [Models](nbs/11_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
+# 12. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
+# 13. [Evaluation and ablations](nbs/13_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, equal-epoch controls that test incremental T (P3 does not hold in our setting), the decoder threshold swept at evaluation time, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
+# 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
 # 15. [Appendix: test helpers](nbs/15_testing.ipynb): `diff_bucket`, `bucket` and `compare_with_reference`, the exactness check every backend passes.
 #
 # ## Backends and speed
@@ -218,7 +218,8 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # and renders exactly what the notebooks store; one small template adds the navigation. (nbdev's own
 # `nbdev_docs` needs Quarto, a separate install outside pip; Sphinx with myst-nb or mkdocs-jupyter would add a second
 # toolchain for the same pages.) `bash .ci/site --check` then opens every page in headless Chromium and fails on a
-# missing page, untypeset TeX, an image that does not load or a dead internal link; CI runs it.
+# missing page, untypeset TeX, an image that does not load, a dead internal link, a visible input prompt or code cut
+# at the right edge; CI runs it.
 #
 # How to change the book, and what CI checks, is in [CONTRIBUTING.md](CONTRIBUTING.md): the notebooks are the
 # source, and their stored outputs are tests.
