@@ -25,15 +25,18 @@ from .train import OneLineParser, atomic_write, check_device, default_device, ch
 
 # %% ../nbs/14_benchmark.ipynb #06219be3
 def spikingjelly_neuron(name: str, T: int):
-    "SpikingJelly's LIF (`'sj-lif'`) or PSN (`'sj-psn'`) for T steps, or None if SpikingJelly is not installed."
+    "SpikingJelly's LIF (`'sj-lif'`, `'sj-lif-psnpaper'`) or PSN (`'sj-psn'`) for T steps; None without SpikingJelly."
     try: from spikingjelly.activation_based import neuron
     except ImportError: return None
     if name == 'sj-lif': return neuron.LIFNode(tau=2.0, step_mode='m')
+    if name == 'sj-lif-psnpaper':                 # as the PSN paper's code builds its LIF: soft reset, detached, ATan
+        from spikingjelly.activation_based import surrogate
+        return neuron.LIFNode(tau=2.0, v_reset=None, detach_reset=True, surrogate_function=surrogate.ATan(), step_mode='m')
     if name == 'sj-psn': return neuron.PSN(T=T)
     raise ValueError(f"unknown SpikingJelly neuron {name!r}")
 
 
-NEURONS = ('amos', 'amos-torch', 'amos-sequential', 'sj-lif', 'sj-psn')
+NEURONS = ('amos', 'amos-torch', 'amos-sequential', 'sj-lif', 'sj-lif-psnpaper', 'sj-psn')
 
 def make_neuron(name,  # one of NEURONS, or a dict of `AMOSLIF` keyword arguments
                 T: int,  # time steps (PSN's weight is T x T)
@@ -43,7 +46,7 @@ def make_neuron(name,  # one of NEURONS, or a dict of `AMOSLIF` keyword argument
     if name == 'amos': return AMOSLIF(tau=2.0, step_mode='m')
     if name == 'amos-torch': return AMOSLIF(tau=2.0, backend='torch', step_mode='m')
     if name == 'amos-sequential': return AMOSLIF(tau=2.0, backend='sequential', step_mode='m')
-    if name in ('sj-lif', 'sj-psn'): return spikingjelly_neuron(name, T)
+    if name.startswith('sj-'): return spikingjelly_neuron(name, T)
     raise ValueError(f"neuron must be one of {NEURONS}, got {name!r}")
 
 
@@ -241,20 +244,25 @@ def ratios(records: list, reference: str = 'amos', keys=('N', 'T', 'mode')) -> l
     return out
 
 # %% ../nbs/14_benchmark.ipynb #eda0ac32
-def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isolated'):
-    "Figs. 3–4 style: heatmaps of LIF/AMOS and PSN/AMOS time ratios over (N or B) × T, and absolute times along T."
+def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isolated',
+                peers=None,  # names whose time / the reference's gets a heatmap each; None: every other neuron measured
+                reference: str = 'amos'):
+    "Figs. 3–4 style: heatmaps of each peer's time / the reference's over (N or B) × T, and absolute times along T."
     import matplotlib, matplotlib.colors; import matplotlib.pyplot as plt
     # Fig. 3: rows are neuron counts N, the absolute times at the smallest N; Fig. 4: rows are batch sizes B, the
     # absolute times at B = 16 (the paper's 4c) when it was measured.
     row_key, row_label = ('N', lambda n: f"$2^{{{int(math.log2(n))}}}$") if part == 'isolated' else ('B', str)
     records = [r for r in result[part] if r['mode'] == mode]
     rows, Ts = sorted({r[row_key] for r in records}), sorted({r['T'] for r in records})
-    table = ratios(records, keys=(row_key, 'T', 'mode'))
-    peers = [p for p in ('sj-lif', 'sj-psn') if any(f"{p}/amos" in r for r in table)]
-    fig, axes = plt.subplots(1, len(peers) + 1, figsize=(4.2 * (len(peers) + 1), 3.6))
-    axes = list(axes) if len(peers) else [axes]
+    table = ratios(records, reference, keys=(row_key, 'T', 'mode'))
+    if peers is None: peers = [n for n in NEURONS if n != reference]
+    peers = [p for p in peers if any(f"{p}/{reference}" in r for r in table)]
+    columns = min(3, len(peers) + 1); lines = math.ceil((len(peers) + 1) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
+    axes = list(axes.flat)
+    for ax in axes[len(peers) + 1:]: ax.axis('off')
     for ax, peer in zip(axes, peers):
-        grid = [[next((r[f"{peer}/amos"] for r in table if r[row_key] == v and r['T'] == T and f"{peer}/amos" in r), float('nan'))
+        grid = [[next((r[f"{peer}/{reference}"] for r in table if r[row_key] == v and r['T'] == T and f"{peer}/{reference}" in r), float('nan'))
                  for T in Ts] for v in rows]
         finite = [g for row in grid for g in row if not math.isnan(g)]
         # ratios span two orders of magnitude (2 to over 100): a log colour scale keeps the small ones apart
@@ -267,8 +275,8 @@ def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isola
                     ax.text(j, i, f"{grid[i][j]:.1f}", ha='center', va='center', fontsize=8,
                             color='k' if image.norm(grid[i][j]) > 0.6 else 'w')
         ax.set_xticks(range(len(Ts)), [str(T) for T in Ts]); ax.set_yticks(range(len(rows)), [row_label(v) for v in rows])
-        ax.set_xlabel('T'); ax.set_ylabel(row_key); ax.set_title(f"{peer} time / AMOS time ({mode})")
-    ax = axes[-1]
+        ax.set_xlabel('T'); ax.set_ylabel(row_key); ax.set_title(f"{peer} / {reference} ({mode})")
+    ax = axes[len(peers)]
     fixed = 16 if part == 'network' and 16 in rows else rows[0]
     for name in sorted({r['neuron'] for r in records}):
         points = sorted((r['T'], r['ms']) for r in records if r['neuron'] == name and r[row_key] == fixed)

@@ -21,6 +21,10 @@ def here(*args):
     (['--batch-size', '0'], '--batch-size'),
     (['--batch-size', '-3'], '--batch-size'),
     (['--lr', '0'], '--lr'),
+    (['--schedule', '1:2,2:2', '--stage-thresholds', '1'], '--stage-thresholds'),
+    (['--schedule', '1:2,2:2', '--stage-thresholds', '1,-2'], '--stage-thresholds'),
+    (['--schedule', '1:2,2:2', '--stage-thresholds', '1,2', '--decoder-threshold', '3'], '--decoder-threshold'),
+    (['--neuron', 'lif', '--stage-thresholds', '1'], '--stage-thresholds'),
 ])
 def test_bad_flags_exit_2_with_one_line(args, flag, tmp_path):
     result = here(*args, '--out', str(tmp_path / 'run'))
@@ -74,6 +78,20 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     assert [json.loads(l) for l in open(cut / 'metrics.jsonl')] == [json.loads(l) for l in open(whole / 'metrics.jsonl')]
     summary = json.loads((cut / 'summary.json').read_text())
     assert 0 <= summary['test_accuracy'] <= 1 and summary['world_size'] == 1 and summary['finished']
+
+def test_stage_thresholds_train_each_stage_and_resume(tmp_path):
+    """--stage-thresholds: each epoch trains and is evaluated at its stage's V_th, the network keeps the last, and a
+    run stopped between stages resumes to the same metrics as the whole run."""
+    args = [*SMALL, '--stage-thresholds', '1,3']
+    assert here(*args, '--out', str(tmp_path / 'whole')).returncode == 0
+    rows = [json.loads(l) for l in open(tmp_path / 'whole' / 'metrics.jsonl')]
+    assert [r['decoder_threshold'] for r in rows] == [1.0, 1.0, 3.0, 3.0]
+    assert json.loads((tmp_path / 'whole' / 'summary.json').read_text())['settings']['decoder_threshold'] == 3.0
+    assert here(*args, '--out', str(tmp_path / 'cut'), '--stop-after', '2').returncode == 0
+    assert here(*args, '--out', str(tmp_path / 'cut'), '--resume').returncode == 0
+    assert [json.loads(l) for l in open(tmp_path / 'cut' / 'metrics.jsonl')] == rows
+    other = here(*SMALL, '--stage-thresholds', '1,2', '--out', str(tmp_path / 'cut'), '--resume')
+    assert other.returncode == 2 and '--stage-thresholds' in other.stderr
 
 def test_torchrun_two_cpu_processes(tmp_path):
     "Data-parallel with gloo on two CPU processes: rank 0 alone writes, and says how many processes trained."

@@ -95,6 +95,38 @@ for bad in ['', '1:0', 'x:2', '2', '1:2:3', '0:4', '100000000:1', '1:1000000000'
 
 
 # %% [markdown]
+# **A threshold raised by stage.** The paper calls the decoder's threshold $V_{th}$ a *confidence parameter*: an
+# output neuron fires, and the temporal selector decides, once its membrane potential has gathered $V_{th}$ worth
+# of evidence. A high $V_{th}$ asks for more evidence, so it moves decisions later, where more time steps have been
+# seen. At T = 1 there is no later step to wait for; a stage with more steps is one where a higher threshold can buy
+# something. `--stage-thresholds 1,2,4` trains the decoder at $V_{th} = 1$ in the first stage, 2 in the second and 4
+# in the third: one value per stage of the schedule. The network keeps the last one (it is its `--decoder-threshold`,
+# which `pttfs-eval` reads), and each epoch trains and is evaluated at its stage's value. Chapter 13 measures
+# what it gives, beside the other schedules.
+
+# %%
+#| export
+def stage_thresholds(text: str,  # 'V1,V2,...', one decoder threshold per stage
+                     schedule: list,  # the stages, from `parse_schedule`
+                    ) -> list:
+    "The decoder threshold of every epoch; ValueError unless there is one finite positive value per stage."
+    try: values = [float(v) for v in str(text).split(',')]
+    except ValueError: raise ValueError(f"expected one number per stage, e.g. 1,2,4; got {text!r}") from None
+    if len(values) != len(schedule):
+        raise ValueError(f"{len(values)} thresholds for {len(schedule)} stages: give one per stage of the schedule")
+    if not all(math.isfinite(v) and v > 0 for v in values): raise ValueError(f"thresholds must be finite and positive, got {text!r}")
+    return [v for v, (_, epochs) in zip(values, schedule) for _ in range(epochs)]
+
+
+# %%
+print(stage_thresholds('1,2,4', parse_schedule('1:3,2:2,4:1')))
+test_eq(stage_thresholds('1,2,4', parse_schedule('1:3,2:2,4:1')), [1.0, 1.0, 1.0, 2.0, 2.0, 4.0])
+test_eq(stage_thresholds('0.5', [(4, 2)]), [0.5, 0.5])
+for bad in ['1,2', '1,2,x', '1,0,2', '1,nan,2', '1,2,4,8']:
+    test_fail(lambda: stage_thresholds(bad, parse_schedule('1:3,2:2,4:1')), exc=ValueError)
+
+
+# %% [markdown]
 # ## One epoch, and the evaluation
 #
 # The training images come from chapter 10's `TensorImages` (the whole split in memory, augmented a batch at a
@@ -507,11 +539,11 @@ with tempfile.TemporaryDirectory() as tmp:
 # Settings that define a run: a checkpoint made with other values cannot be resumed with these.
 RUN_KEYS = ('dataset', 'architecture', 'decoder', 'channels', 'hidden', 'tau', 'decoder_threshold', 'schedule',
             'batch_size', 'lr', 'seed', 'augment', 'convs_per_block', 'bf16', 'neuron', 'surrogate', 'output_force_last',
-            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule')
+            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule', 'stage_thresholds')
 # Keys added later, with the value that runs saved before them had (bf16 None: on for CUDA only).
 _OLDER_RUNS = dict(convs_per_block=1, bf16=None, neuron='amos', surrogate='sigmoid', output_force_last=False,
                    optimizer='adam', momentum=0.9, label_smoothing=0.0, mixup=False, train_subset=None,
-                   lr_schedule='cosine')
+                   lr_schedule='cosine', stage_thresholds=None)
 
 # A recipe fills every one of these flags that the command leaves out.
 RECIPES = {
@@ -624,7 +656,10 @@ def _build_parser() -> OneLineParser:
     p.add_argument('--convs-per-block', type=int, default=1, help="SCNN: Conv-BN-neuron layers before each of its two poolings")
     p.add_argument('--tau', type=float, default=2.0, help="the initial membrane time constant of every neuron (> 1)")
     p.add_argument('--surrogate', default=None, choices=list(SURROGATES), help="every neuron's surrogate gradient " + _recipe('surrogate'))
-    p.add_argument('--decoder-threshold', type=float, default=1.0, help="the decoder's V_th, the confidence parameter")
+    p.add_argument('--decoder-threshold', type=float, default=None, help="the decoder's V_th, the confidence parameter "
+                   "(default: 1.0, or the last of --stage-thresholds)")
+    p.add_argument('--stage-thresholds', default=None, help="the decoder's V_th in each stage of --schedule, e.g. 1,2,4; "
+                   "the network keeps the last")
     p.add_argument('--schedule', default=None, help="stages T:epochs, trained in order " + _recipe('schedule'))
     p.add_argument('--batch-size', type=int, default=None, help="images per step, over all processes " + _recipe('batch_size'))
     p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with the --lr-schedule decay " + _recipe('optimizer'))
@@ -670,6 +705,14 @@ def check_args(p: OneLineParser, args):
         value = getattr(args, flag)
         if value is not None and value < 1: p.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if not (math.isfinite(args.tau) and args.tau > 1): p.error(f"--tau must be a number > 1, got {args.tau}")
+    if args.stage_thresholds is not None:
+        try: args.epoch_thresholds = stage_thresholds(args.stage_thresholds, args.stages)
+        except ValueError as e: p.error(f"--stage-thresholds: {e}")
+        if args.decoder_threshold is None: args.decoder_threshold = args.epoch_thresholds[-1]
+        if args.decoder_threshold != args.epoch_thresholds[-1]:
+            p.error(f"--decoder-threshold {args.decoder_threshold:g} differs from the last of --stage-thresholds "
+                    f"({args.epoch_thresholds[-1]:g}), which the network keeps; leave --decoder-threshold out")
+    if args.decoder_threshold is None: args.decoder_threshold = 1.0
     if not math.isfinite(args.decoder_threshold): p.error(f"--decoder-threshold must be a finite number, got {args.decoder_threshold}")
     if args.workers < 0: p.error(f"--workers must be >= 0, got {args.workers}")
     if args.threads is not None and not 1 <= args.threads <= 1024: p.error(f"--threads must be in 1..1024, got {args.threads}")
@@ -678,6 +721,7 @@ def check_args(p: OneLineParser, args):
     if args.neuron != 'amos':
         if args.decoder != 'rate': p.error(f"--neuron {args.neuron} fires many times, so it decodes by rate: --decoder rate, not {args.decoder}")
         if args.output_force_last: p.error(f"--output-force-last is for AMOS output neurons; --neuron {args.neuron} reads out by a linear layer")
+        if args.stage_thresholds: p.error(f"--stage-thresholds: --neuron {args.neuron} reads out by a linear layer, which has no threshold")
         try: import spikingjelly  # noqa: F401
         except ImportError: p.error(f"--neuron {args.neuron} needs SpikingJelly: pip install \"pttfs[baselines]\"")
     if args.neuron == 'psn' and len(args.stages) > 1:
@@ -712,7 +756,7 @@ test_eq(parse_args(['--neuron', 'lif']).decoder, 'rate')                       #
 
 # %%
 #| export
-_MAY_BE_NONE = ('channels', 'augment', 'train_subset')      # None means "the default" for these, and only these
+_MAY_BE_NONE = ('channels', 'augment', 'train_subset', 'stage_thresholds')      # None means "the default" for these, and only these
 
 def _stored_type_error(action, value) -> str:
     "Why a stored value could not have come from this flag ('' if it could)."
@@ -759,6 +803,9 @@ _CHECKPOINT_FIELDS = dict(model=dict, optimizer=dict, scheduler=dict, history=li
 
 
 def _same_setting(key: str, stored, args) -> bool:
+    if key == 'stage_thresholds' and stored is not None and args.stage_thresholds is not None:
+        try: return stage_thresholds(stored, args.stages) == args.epoch_thresholds     # the values: '1,2' = '1.0, 2'
+        except ValueError: return False
     if key != 'schedule': return stored == getattr(args, key)
     try: return parse_schedule(stored) == args.stages            # the stages, not the spelling: '1:12, 2:4' = '1:12,2:4'
     except ValueError: return False
@@ -1010,10 +1057,12 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     final = None
     for epoch in range(epochs_done, last_epoch):
         T = epochs[epoch]
+        if args.stage_thresholds is not None: model.decoder.neuron.v_threshold = args.epoch_thresholds[epoch]
         torch.manual_seed(args.seed * 100003 + epoch); random.seed(args.seed * 100003 + epoch)   # per epoch: resumable
         train_loader = _epoch_loader(args, train_set, epoch, rank, world_size)
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
             row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])
+            if args.stage_thresholds is not None: row['decoder_threshold'] = args.epoch_thresholds[epoch]
             try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix))
             except FloatingPointError as e:
                 raise RunError(f"{e} in epoch {epoch + 1} (T={T}): training diverged, so it stops here; lower --lr "
@@ -1044,6 +1093,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
 def _finish(args, model, history, final, test_loader, device, epochs, last_epoch, world_size, settings, seconds) -> dict:
     "The run's summary (evaluating the model if no epoch was trained now), written with the figures."
     T_now = epochs[max(0, last_epoch - 1)]
+    if args.stage_thresholds is not None: model.decoder.neuron.v_threshold = args.epoch_thresholds[max(0, last_epoch - 1)]
     if final is None: final = evaluate(model, test_loader, T_now, device, args.bf16)            # nothing left to train
     summary = dict(dataset=args.dataset, architecture=args.architecture, decoder=args.decoder, neuron=args.neuron,
                    recipe=args.recipe, schedule=args.schedule,

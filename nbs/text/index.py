@@ -120,7 +120,7 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # 0. [Surrogate gradients](nbs/00_surrogate.ipynb): the step Θ and its surrogate derivatives (`Sigmoid`, default α = 4; `ATan`).
 # 1. [AMOS dynamics](nbs/01_dynamics.ipynb), Eqs. 1–4: `amos_lif_sequential`, the loop-over-time reference; `force_last` and why it is off by default.
 # 2. [Parallel charging](nbs/02_charging.ipynb), Eqs. 5–6: where the literal cumsum overflows (float32 from T = 129 at τ = 2) and `leaky_scan`, a chunked form that is exact for any T and any finite input.
-# 3. [First-spike extraction](nbs/03_first_spike.ipynb), Eqs. 7–9: fake spikes, argmax, spikes.
+# 3. [First-spike extraction](nbs/03_first_spike.ipynb), Eqs. 7–9: fake spikes, the first crossing (Eq. 9's argmax as a weighted maximum), spikes.
 # 4. [The parallel backward](nbs/04_backward.ipynb), Eqs. 10–20: the mask gradient, the second fake spike, the reversed scan, the τ and threshold gradients, the paper's Fig. 1 for one neuron; `AMOSLIFFunction`, checked against BPTT.
 # 5. [Backends](nbs/05_backends.ipynb): `amos_lif_parallel`, the function every later chapter calls; how `backend='auto'` chooses between the textbook code and the compiled kernels, what the kernels share, and where a new backend or surrogate goes.
 # 6. [The neuron module](nbs/06_neuron.ipynb): `AMOSLIF`, with fixed or learnable τ (scalar or per channel) and an optional learnable threshold; step by step with carried state, in SpikingJelly networks.
@@ -129,9 +129,9 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # 9. [Output decoders](nbs/09_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
 # 10. [Data](nbs/10_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
 # 11. [Models](nbs/11_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
-# 12. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
+# 12. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, a learning rate restarted per stage and a decoder threshold raised by stage, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
 # 13. [Evaluation and ablations](nbs/13_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, equal-epoch controls that test incremental T (P3 does not hold in our setting), the decoder threshold swept at evaluation time, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
-# 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF and PSN; `pttfs-bench`.
+# 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF (default and as the PSN paper configures it) and PSN; the paper's time-parallel form and sequential BPTT raced beside the fused kernel, and where time-parallelism could pay; throughput of the networks we train; `pttfs-bench`.
 # 15. [Appendix: test helpers](nbs/15_testing.ipynb): `diff_bucket`, `bucket` and `compare_with_reference`, the exactness check every backend passes.
 #
 # ## Backends and speed
