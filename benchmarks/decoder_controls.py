@@ -8,10 +8,13 @@ study that fits in a few hours of two cores; the test set is always the full 10,
     inc         --schedule 1:6,2:2,4:2 --lr-schedule stage-cosine   incremental T, each stage its own cosine
     t4          --schedule 4:10                                  T = 4 only
     inc-cosine  --schedule 1:6,2:2,4:2                           incremental T, one cosine over all epochs (as the recipe)
+    inc-vth     --schedule 1:6,2:2,4:2 --lr-schedule stage-cosine --stage-thresholds 1,2,4
+                                                                 incremental T with the decoder's V_th raised by stage
+    inc-long    --schedule 1:4,2:3,4:3 --lr-schedule stage-cosine   incremental T with longer late stages
 
 `--advance` trains the unfinished runs in RUNS_DIR, `--epochs-per-call` epochs per `pttfs-train ... --stop-after N
 --resume` call, every seed of the first three configurations before inc-cosine, on `--workers` runs side by side
-with `--threads` threads each, and starts no call after `--minutes`: a stopped study loses only the calls in
+with `--threads` threads each (`--configs` picks configurations), and starts no call after `--minutes`: a stopped study loses only the calls in
 flight, and `--advance` again continues it from the run folders. `--collect` evaluates every finished run at its
 own T and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from
 "more epochs"), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
@@ -28,6 +31,8 @@ CONFIGS = {
     'inc': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine'),
     't4': ('--schedule', '4:10'),
     'inc-cosine': ('--schedule', '1:6,2:2,4:2'),
+    'inc-vth': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine', '--stage-thresholds', '1,2,4'),
+    'inc-long': ('--schedule', '1:4,2:3,4:3', '--lr-schedule', 'stage-cosine'),
 }
 MAIN = ('t1', 'inc', 't4')   # advanced first, every seed; inc-cosine (the stored recipe's schedule) after them
 SEEDS = (0, 1, 2)
@@ -67,6 +72,7 @@ def advance(args):
     busy, failed, choosing = set(), set(), threading.Lock()
     def next_run():
         for name, flags in runs():
+            if name.rsplit('-seed', 1)[0] not in args.configs: continue
             if name not in busy and name not in failed and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
         return None
     def worker():
@@ -137,7 +143,10 @@ if __name__ == '__main__':
     p.add_argument('--epochs-per-call', type=int, default=1, help="--advance: epochs per pttfs-train call")
     p.add_argument('--train-subset', type=int, default=None, help="train every run on this many training images")
     p.add_argument('--collect', default=None, help="write the finished runs' results to this JSON")
+    p.add_argument('--configs', default=','.join(CONFIGS), help="--advance: these configurations only (comma-separated)")
     args = p.parse_args()
+    args.configs = args.configs.split(',')
+    if set(args.configs) - set(CONFIGS): p.error(f"--configs: unknown {sorted(set(args.configs) - set(CONFIGS))}; from {','.join(CONFIGS)}")
     args.runs_dir, args.data_dir = os.path.abspath(args.runs_dir), os.path.abspath(args.data_dir)
     if args.advance: advance(args)
     if args.collect: collect(args)

@@ -134,6 +134,36 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF (default and as the PSN paper configures it) and PSN; the paper's time-parallel form and sequential BPTT raced beside the fused kernel, and where time-parallelism could pay; throughput of the networks we train; `pttfs-bench`.
 # 15. [Appendix: test helpers](nbs/15_testing.ipynb): `diff_bucket`, `bucket` and `compare_with_reference`, the exactness check every backend passes.
 #
+
+# %% [markdown]
+# ## What the stored runs show
+#
+# Accuracy and latency from the runs in `benchmarks/` (each file keeps its command and machine; chapter 13 reads them
+# in full). The MNIST recipe over seeds, the Fashion-MNIST recipe, and the equal-epoch controls that test whether more
+# time steps pay (P3): the same 10 epochs spent at T = 1, split incrementally over T = 1, 2, 4, or split with a decoder
+# threshold raised by stage, three seeds each on a training subset:
+#
+
+# %%
+import json, statistics
+from pathlib import Path
+stored = Path('../benchmarks')
+mnist = [json.load(open(p))['summary'] for p in sorted(stored.glob('mnist-tsd-augment*.json'))]
+accuracy = [100 * s['test_accuracy'] for s in mnist]
+print(f"MNIST recipe:         {statistics.mean(accuracy):.2f} ± {statistics.stdev(accuracy):.2f} % over {len(mnist)} seeds "
+      f"(mean ± sd), {statistics.mean(s['avg_timesteps'] for s in mnist):.2f} average decision steps")
+fmnist = json.load(open(stored / 'fmnist-recipe.json'))['summary']
+print(f"Fashion-MNIST recipe: {100 * fmnist['test_accuracy']:.2f} % (one seed), {fmnist['avg_timesteps']:.2f} average decision steps")
+controls = json.load(open(stored / 'decoder-controls-subset.json'))['configs']
+for name, what in (('t1', 'T = 1 only'), ('inc', 'incremental 1:6,2:2,4:2'), ('inc-vth', 'incremental, V_th 1,2,4 by stage')):
+    row = controls[name]
+    print(f"controls, {what:33} {100 * row['test_accuracy']['mean']:.2f} ± {100 * row['test_accuracy']['sd']:.2f} %, "
+          f"{row['avg_timesteps']['mean']:.2f} average decision steps")
+
+# %% [markdown]
+# In our setting incremental T does not beat T = 1 trained for the same epochs, and almost every image decides at
+# the first step; a threshold raised by stage spreads the decisions over steps but costs accuracy (chapter 13).
+#
 # ## Backends and speed
 #
 # `amos_lif_parallel` and `AMOSLIF` choose a backend by device (`backend='auto'`), or take one by name:
@@ -147,8 +177,9 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # The two fused kernels run one lane per neuron, sequential over $t$, and compute the same closed forms as the
 # textbook (the second fake spike, the reversed recursion). That is the right shape when there are many more
 # neurons than time steps, as in every layer of these networks; the textbook backend's scan, parallel over time,
-# should be the better one for a few neurons over very long sequences; no stored benchmark measures that yet. So the CPU speed-ups below measure fusion and the
-# closed-form backward, not a time-parallel scan.
+# might be expected to win for a few neurons over very long sequences, but chapter 14 races the two there and the
+# fused kernel stays ahead. So the CPU speed-ups below measure fusion and the closed-form backward, not a
+# time-parallel scan.
 #
 # All of them pass the same exactness checks against the sequential reference. If the C++ kernel cannot be built
 # (no compiler), the neuron falls back to `'torch'` with one warning; `PTTFS_DISABLE_FUSED=1` switches it off.
