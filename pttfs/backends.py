@@ -94,6 +94,14 @@ def _threshold_argument(v_threshold, x: Tensor):
     if v_threshold.numel() == 1 and not (v_threshold.requires_grad and torch.is_grad_enabled()): return v_threshold.item()
     return v_threshold.to(dtype=x.dtype, device=x.device)
 
+def _memory_order(x: Tensor):
+    "The order of x's dimensions in memory, time first, when x is dense but not contiguous (channels-last); else None."
+    if not isinstance(x, Tensor) or x.dim() < 3 or x.is_contiguous(): return None    # (a bad x: checked below)
+    order = [0] + sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    return order if x.permute(order).is_contiguous() else None
+
+def _one_value(value) -> bool: return not isinstance(value, Tensor) or value.numel() == 1
+
 def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                       tau=2.0,  # membrane time constant τ_m > 1: a number, or a tensor broadcasting to x.shape[1:]
                       v_threshold=1.0,  # V_th: a number, or a tensor broadcasting to x.shape[1:] (per neuron or learnable; backend 'torch')
@@ -103,6 +111,11 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                       return_membrane: bool = True,  # False: return (spikes, None), and let a backend skip writing H
                      ) -> tuple:  # (spikes S, membrane H), both shaped like x
     "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
+    order = _memory_order(x)
+    if order is not None and _one_value(tau) and _one_value(v_threshold):    # channels-last: the memory's own order
+        inverse = [order.index(d) for d in range(x.dim())]
+        spikes, membrane = amos_lif_parallel(x.permute(order), tau, v_threshold, surrogate, force_last, backend, return_membrane)
+        return spikes.permute(inverse), (membrane.permute(inverse) if membrane is not None else None)
     check_neuron_args(x, tau, v_threshold, surrogate, force_last)
     low = x.dtype in _LOW_PRECISION                # computed in float32: the backend is chosen as for a float32 x ...
     like = x.new_empty((1,) * x.dim(), dtype=torch.float32).expand(x.shape) if low else x

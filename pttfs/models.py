@@ -79,13 +79,13 @@ def cifar_net(neuron, channels: int = 256, classes: int = 10) -> nn.Sequential:
     return nn.Sequential(*cifar_body(neuron, channels), SequenceWise(nn.Linear(channels * 16, classes)))
 
 # %% ../nbs/11_models.ipynb #51838bcf
-NEURONS = ('amos', 'lif', 'psn')
+NEURONS = ('amos', 'lif', 'lif-psnpaper', 'psn')
 SURROGATES = {'sigmoid': Sigmoid, 'atan': ATan}
 
 
 class SpikingJellyNeuron(nn.Module):
     "SpikingJelly's LIF or PSN as a baseline neuron layer: spikes for multi-step input [T, B, ...], a new sequence every call."
-    def __init__(self, kind: str,  # 'lif' or 'psn'
+    def __init__(self, kind: str,  # 'lif', 'lif-psnpaper' or 'psn'
                  T: int = None,  # PSN only: the one T it is built for (its weights are T×T)
                  tau: float = 2.0,  # LIF only: the membrane time constant
                  surrogate: str = 'sigmoid',  # a name in SURROGATES (SpikingJelly's function of that name)
@@ -97,16 +97,18 @@ class SpikingJellyNeuron(nn.Module):
         if surrogate not in SURROGATES: raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
         function = {'sigmoid': sj_surrogate.Sigmoid, 'atan': sj_surrogate.ATan}[surrogate]()   # same α as ours: 4 and 2
         if kind == 'lif': self.neuron = neuron.LIFNode(tau=float(tau), surrogate_function=function, step_mode='m')
+        elif kind == 'lif-psnpaper':     # as the PSN paper's code builds its LIF: soft reset (V - V_th), reset off the graph
+            self.neuron = neuron.LIFNode(tau=float(tau), surrogate_function=function, v_reset=None, detach_reset=True, step_mode='m')
         elif kind == 'psn':
             if not isinstance(T, int) or T < 1: raise ValueError(f"a PSN layer needs its T (a positive int), got {T!r}")
             self.neuron = neuron.PSN(T=T, surrogate_function=function)
-        else: raise ValueError(f"kind must be 'lif' or 'psn', got {kind!r}")
+        else: raise ValueError(f"kind must be 'lif', 'lif-psnpaper' or 'psn', got {kind!r}")
         self.kind, self.T = kind, T
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == 'psn' and x.shape[0] != self.T:
             raise ValueError(f"this PSN layer was built for T={self.T} (its weights are T×T); got {x.shape[0]} steps")
-        if self.kind == 'lif': self.neuron.reset()                  # a new sequence, as with AMOSLIF
+        if self.kind != 'psn': self.neuron.reset()                  # a new sequence, as with AMOSLIF
         return self.neuron(x)
 
 

@@ -18,6 +18,7 @@ from pttfs.parallel import AMOSLIFFunction
 # %%
 #| hide
 from fastcore.test import test_eq, test_ne, test_close, test_fail
+from pttfs.testing import diff_bucket
 from nbdev.showdoc import show_doc
 
 # %% [markdown]
@@ -171,6 +172,14 @@ def _threshold_argument(v_threshold, x: Tensor):
     if v_threshold.numel() == 1 and not (v_threshold.requires_grad and torch.is_grad_enabled()): return v_threshold.item()
     return v_threshold.to(dtype=x.dtype, device=x.device)
 
+def _memory_order(x: Tensor):
+    "The order of x's dimensions in memory, time first, when x is dense but not contiguous (channels-last); else None."
+    if not isinstance(x, Tensor) or x.dim() < 3 or x.is_contiguous(): return None    # (a bad x: checked below)
+    order = [0] + sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    return order if x.permute(order).is_contiguous() else None
+
+def _one_value(value) -> bool: return not isinstance(value, Tensor) or value.numel() == 1
+
 def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                       tau=2.0,  # membrane time constant τ_m > 1: a number, or a tensor broadcasting to x.shape[1:]
                       v_threshold=1.0,  # V_th: a number, or a tensor broadcasting to x.shape[1:] (per neuron or learnable; backend 'torch')
@@ -180,6 +189,11 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
                       return_membrane: bool = True,  # False: return (spikes, None), and let a backend skip writing H
                      ) -> tuple:  # (spikes S, membrane H), both shaped like x
     "AMOS LIF neuron computed in parallel over time (Eqs. 5–20); same results and gradients as `amos_lif_sequential`."
+    order = _memory_order(x)
+    if order is not None and _one_value(tau) and _one_value(v_threshold):    # channels-last: the memory's own order
+        inverse = [order.index(d) for d in range(x.dim())]
+        spikes, membrane = amos_lif_parallel(x.permute(order), tau, v_threshold, surrogate, force_last, backend, return_membrane)
+        return spikes.permute(inverse), (membrane.permute(inverse) if membrane is not None else None)
     check_neuron_args(x, tau, v_threshold, surrogate, force_last)
     low = x.dtype in _LOW_PRECISION                # computed in float32: the backend is chosen as for a float32 x ...
     like = x.new_empty((1,) * x.dim(), dtype=torch.float32).expand(x.shape) if low else x
@@ -227,6 +241,37 @@ print(current.dtype, spikes.dtype, membrane.dtype, "| finite:", torch.isfinite(m
       "| weight grad finite:", torch.isfinite(layer.weight.grad).all().item())
 test_eq(torch.isfinite(membrane.float()).all().item(), True)
 test_eq(spikes.detach().float(), amos_lif_parallel(current.detach().float(), 2.0, 0.2)[0])
+
+# %% [markdown]
+# ## Layouts: channels-last without a copy
+#
+# Every neuron is computed on its own (Eqs. 5–20 never mix neurons), so the order in which one time step's neurons
+# lie in memory cannot change a result. That matters after a convolution in PyTorch's channels-last layout
+# (`torch.channels_last`, the layout CPU convolution libraries prefer): it hands the neuron a `[T, B, C, H, W]`
+# tensor whose memory runs `[T, B, H, W, C]`. A kernel that asks for a contiguous input would copy it to `C, H, W`
+# order, and the next convolution would copy it back. So when x's memory is some order of its dimensions with time
+# first, `amos_lif_parallel` computes on the view in that order, which is contiguous, and permutes the outputs back:
+# no copy, and the outputs keep the input's layout. (A τ or threshold with one value per neuron would have to be
+# permuted too; those calls take the contiguous path.) Expected: spikes, membrane and gradients equal to the
+# contiguous call's, and output strides equal to the input's:
+#
+
+# %%
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(3, 8, 3, padding=1).to(memory_format=torch.channels_last)
+current = conv(torch.randn(4 * 2, 3, 6, 6)).view(4, 2, 8, 6, 6).detach()     # T = 4, B = 2; memory [T, B, H, W, C]
+test_eq((current.is_contiguous(), current.permute(0, 1, 3, 4, 2).is_contiguous()), (False, True))
+rows = []
+for backend in ('torch', 'auto'):
+    leaf, flat = current.clone().requires_grad_(), current.contiguous().requires_grad_()
+    test_eq(leaf.stride(), current.stride())                                    # clone keeps the layout
+    (s1, m1), (s2, m2) = amos_lif_parallel(leaf, 2.0, 0.5, backend=backend), amos_lif_parallel(flat, 2.0, 0.5, backend=backend)
+    weights = torch.randn(current.shape)
+    ((s1 + m1) * weights).sum().backward(); ((s2 + m2) * weights).sum().backward()
+    test_eq((s1.stride(), m1.stride()), (current.stride(), current.stride()))  # outputs in the input's layout
+    test_eq((torch.equal(s1, s2), torch.equal(m1, m2), torch.equal(leaf.grad, flat.grad)), (True, True, True))
+    rows.append(f"{backend:5} spikes {diff_bucket(s1, s2)}, membrane {diff_bucket(m1, m2)}, input gradient {diff_bucket(leaf.grad, flat.grad)}")
+print('\n'.join(rows))
 
 
 # %% [markdown]

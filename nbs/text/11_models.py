@@ -149,6 +149,11 @@ def cifar_net(neuron, channels: int = 256, classes: int = 10) -> nn.Sequential:
 #   sequence, as it is for `AMOSLIF`, so the layer resets the neuron first.
 # - A PSN layer's weights are a T×T matrix, so it is built for one T and refuses any other.
 #
+# LIF comes in two configurations. `'lif'` is SpikingJelly's `LIFNode` with its defaults: a hard reset to 0 after a
+# spike, kept in the autograd graph. `'lif-psnpaper'` is the LIF the PSN paper's code trains: `v_reset=None` (a soft
+# reset, the threshold subtracted from the membrane) and `detach_reset=True` (no gradient through the reset). Both
+# take the surrogate named by `surrogate`; the PSN paper uses ATan.
+#
 # The baselines fire many times, so they cannot use a first-spike decoder. They read out as the PSN paper does: a
 # plain linear layer on the last hidden spikes, averaged over the T steps (`RateReadout`). The decision step is then
 # always T−1.
@@ -158,13 +163,13 @@ def cifar_net(neuron, channels: int = 256, classes: int = 10) -> nn.Sequential:
 
 # %%
 #| export
-NEURONS = ('amos', 'lif', 'psn')
+NEURONS = ('amos', 'lif', 'lif-psnpaper', 'psn')
 SURROGATES = {'sigmoid': Sigmoid, 'atan': ATan}
 
 
 class SpikingJellyNeuron(nn.Module):
     "SpikingJelly's LIF or PSN as a baseline neuron layer: spikes for multi-step input [T, B, ...], a new sequence every call."
-    def __init__(self, kind: str,  # 'lif' or 'psn'
+    def __init__(self, kind: str,  # 'lif', 'lif-psnpaper' or 'psn'
                  T: int = None,  # PSN only: the one T it is built for (its weights are T×T)
                  tau: float = 2.0,  # LIF only: the membrane time constant
                  surrogate: str = 'sigmoid',  # a name in SURROGATES (SpikingJelly's function of that name)
@@ -176,16 +181,18 @@ class SpikingJellyNeuron(nn.Module):
         if surrogate not in SURROGATES: raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
         function = {'sigmoid': sj_surrogate.Sigmoid, 'atan': sj_surrogate.ATan}[surrogate]()   # same α as ours: 4 and 2
         if kind == 'lif': self.neuron = neuron.LIFNode(tau=float(tau), surrogate_function=function, step_mode='m')
+        elif kind == 'lif-psnpaper':     # as the PSN paper's code builds its LIF: soft reset (V - V_th), reset off the graph
+            self.neuron = neuron.LIFNode(tau=float(tau), surrogate_function=function, v_reset=None, detach_reset=True, step_mode='m')
         elif kind == 'psn':
             if not isinstance(T, int) or T < 1: raise ValueError(f"a PSN layer needs its T (a positive int), got {T!r}")
             self.neuron = neuron.PSN(T=T, surrogate_function=function)
-        else: raise ValueError(f"kind must be 'lif' or 'psn', got {kind!r}")
+        else: raise ValueError(f"kind must be 'lif', 'lif-psnpaper' or 'psn', got {kind!r}")
         self.kind, self.T = kind, T
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == 'psn' and x.shape[0] != self.T:
             raise ValueError(f"this PSN layer was built for T={self.T} (its weights are T×T); got {x.shape[0]} steps")
-        if self.kind == 'lif': self.neuron.reset()                  # a new sequence, as with AMOSLIF
+        if self.kind != 'psn': self.neuron.reset()                  # a new sequence, as with AMOSLIF
         return self.neuron(x)
 
 
@@ -212,7 +219,18 @@ lif = SpikingJellyNeuron('lif')
 test_eq(lif(x), lif(x))                                                   # no state carried over
 print(f"LIF: {int(lif(x).sum())} spikes from {x[0].numel()} neurons over 4 steps (AMOS LIF allows at most one each)")
 test_fail(lambda: SpikingJellyNeuron('psn', T=4)(x[:2]), exc=ValueError, contains='T=4')
-test_fail(lambda: SpikingJellyNeuron('izhikevich'), exc=ValueError, contains="'lif' or 'psn'")
+test_fail(lambda: SpikingJellyNeuron('izhikevich'), exc=ValueError, contains="'lif', 'lif-psnpaper' or 'psn'")
+soft = SpikingJellyNeuron('lif-psnpaper')
+test_eq(soft(x), soft(x))
+def soft_reset_lif(x, tau=2.0):
+    "The soft-reset LIF by hand: charge H = V + (X - V)/tau, spike where H >= 1, then subtract the threshold."
+    v, spikes = torch.zeros_like(x[0]), []
+    for xt in x:
+        h = v + (xt - v) / tau
+        s = (h >= 1).float(); spikes.append(s); v = h - s
+    return torch.stack(spikes)
+test_eq(soft(x), soft_reset_lif(x))
+print(f"LIF as the PSN paper configures it (soft reset): {int(soft(x).sum())} spikes")
 readout = RateReadout(16, 10)
 logits, decision = readout((x > 0).float())
 test_eq(logits.shape, (3, 10)); test_eq(decision.tolist(), [3, 3, 3])
@@ -470,7 +488,7 @@ test_eq(max(float(s.sum(0).max()) for s in spikes.values()) <= 1, True)     # at
 test_fail(lambda: build_model('mnist', 'cifar'), exc=ValueError, contains='32x32')
 test_fail(lambda: build_model('digits', decoder='softmax'), exc=ValueError, contains='decoder')
 test_fail(lambda: build_model('digits', neuron='lif'), exc=ValueError, contains="decoder='rate'")
-test_fail(lambda: build_model('digits', neuron='hodgkin-huxley'), exc=ValueError, contains='amos, lif, psn')
+test_fail(lambda: build_model('digits', neuron='hodgkin-huxley'), exc=ValueError, contains='amos, lif, lif-psnpaper, psn')
 test_fail(lambda: build_model('digits', surrogate='relu'), exc=ValueError, contains='sigmoid, atan')
 
 # %% [markdown]

@@ -639,6 +639,58 @@ for name, r in rows:
 # the PSN paper's configuration.
 
 # %% [markdown]
+# ### Table 3 with equal training
+#
+# The runs above do not train the neurons alike: the baselines had 3 epochs at T = 4, ours 4 epochs of which one at
+# T = 4, and the LIF was SpikingJelly's default. Here every neuron gets the same: 5 epochs at T = 4, the ATan
+# surrogate for all (the PSN paper's), the same subset and crops, two seeds each (`python benchmarks/fmnist_studies.py
+# --only neurons-equal --seed S`), and the LIF both as SpikingJelly's defaults (`lif`) and as the PSN paper's code
+# configures it (`lif-psnpaper`: soft reset, detached, chapter 11). If one spike per neuron costs no accuracy, ours
+# ends within the seed spread of the baselines; it should spend far fewer spikes up to its decision:
+#
+
+# %%
+import glob
+equal = [json.load(open(p)) for p in sorted(glob.glob('../benchmarks/ablation-fmnist-neurons-equal-seed*.json'))]
+print(f"{len(equal)} seeds; {equal[0]['machine']['cpu_model']}; {equal[0]['rows'][0]['command'].split(' --neuron')[0]}")
+equal_rows = {}
+for study_run in equal:
+    for r in study_run['rows']: equal_rows.setdefault(r['neuron'], []).append(r)
+def mean_sd_of(rows, key, scale=1.0):
+    values = [scale * r[key] for r in rows]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+print(f"{'neuron':14} {'accuracy %':>14} {'avg steps':>9} {'spikes to decision':>19} {'all T':>7} {'energy uJ to decision':>22} {'all T':>6}")
+for neuron, rows in equal_rows.items():
+    accuracy, spread = mean_sd_of(rows, 'test_accuracy', 100)
+    print(f"{neuron:14} {accuracy:8.2f} ± {spread:4.2f} {mean_sd_of(rows, 'avg_timesteps')[0]:9.2f} "
+          f"{mean_sd_of(rows, 'spikes_per_sample_to_decision')[0]:19.0f} {mean_sd_of(rows, 'spikes_per_sample')[0]:7.0f} "
+          f"{mean_sd_of(rows, 'energy_to_decision_microjoules')[0]:22.3f} {mean_sd_of(rows, 'energy_microjoules')[0]:6.3f}")
+ours_accuracy = mean_sd_of(equal_rows['amos'], 'test_accuracy', 100)
+best = max((n for n in equal_rows if n != 'amos'), key=lambda n: mean_sd_of(equal_rows[n], 'test_accuracy')[0])
+best_accuracy = mean_sd_of(equal_rows[best], 'test_accuracy', 100)
+print(f"ours - best baseline ({best}): {ours_accuracy[0] - best_accuracy[0]:+.2f} points "
+      f"(larger seed sd {max(ours_accuracy[1], best_accuracy[1]):.2f})")
+spike_ratio = min(mean_sd_of(equal_rows[n], 'spikes_per_sample_to_decision')[0] for n in equal_rows if n != 'amos') \
+              / mean_sd_of(equal_rows['amos'], 'spikes_per_sample_to_decision')[0]
+print(f"the fewest baseline spikes to decision / ours: {spike_ratio:.1f}x")
+# a record of the stored runs that the prose below describes (it fails only if the files change)
+def margin(n):   # how far baseline n ends above ours, in units of the larger seed sd
+    (a, sa), (b, sb) = mean_sd_of(equal_rows[n], 'test_accuracy'), mean_sd_of(equal_rows['amos'], 'test_accuracy')
+    return (a - b) / max(sa, sb)
+test_eq(all(margin(n) > 1 for n in equal_rows if n != 'amos'), True)
+test_eq(best, 'lif-psnpaper')
+test_eq(spike_ratio > 2, True)
+
+# %% [markdown]
+# What it shows. With equal training **ours is the least accurate of the four**, below every baseline by more than
+# the seed spread, and the LIF configured as the PSN paper's code is the most accurate. The single spike costs
+# accuracy at this budget. What it buys is the spike count and the energy up to the decision: ours decides at
+# t = 0 for almost every image and spends a fraction of any baseline's spikes before it does. These are 5-epoch runs
+# on a subset; whether the accuracy gap closes with the paper's long training (its Table 3 puts AMOS LIF level with
+# LIF and PSN) these runs cannot say.
+#
+
+# %% [markdown]
 # ### Table 4: the decoders across T
 #
 # One run per decoder with the schedule `1:1,2:1,4:1,8:1`, read at the last epoch of each stage, as for MNIST above:
