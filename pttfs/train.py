@@ -422,6 +422,7 @@ def _recipe(key: str) -> str:
     return "(recipe: " + ', '.join(f"{name} {'auto' if values[key] is None else values[key]}" for name, values in RECIPES.items()) + ")"
 
 
+# %% ../nbs/12_train.ipynb #2692cd4b
 def _build_parser() -> OneLineParser:
     p = OneLineParser(prog='pttfs-train', formatter_class=HelpFormatter, epilog=_EXAMPLES,
                       description="Train a TTFS SNN with AMOS LIF neurons and incremental time steps. Flags marked "
@@ -435,7 +436,8 @@ def _build_parser() -> OneLineParser:
                    "crops (and flips for CIFAR); default on for CIFAR only, not for digits " + _recipe('augment'))
     p.add_argument('--architecture', default=None, choices=['scnn', 'cifar'], help="default: cifar for CIFAR, scnn otherwise")
     p.add_argument('--neuron', default='amos', choices=list(NEURONS),
-                   help="hidden neurons: AMOS LIF, or SpikingJelly's LIF or PSN as a baseline (needs pttfs[baselines])")
+                   help="hidden neurons: AMOS LIF, or a SpikingJelly baseline (needs pttfs[baselines]): LIF with its defaults, "
+                   "LIF as the PSN paper's code configures it (lif-psnpaper), or PSN")
     p.add_argument('--decoder', default=None, choices=list(DECODERS), help="default: tsd; rate for the baselines")
     p.add_argument('--output-force-last', action='store_true', help="Eq. 7 in the output layer only: silent neurons fire at T-1")
     p.add_argument('--channels', type=int, default=None, help="C: 32 for the SCNN, 256 for the CIFAR net by default")
