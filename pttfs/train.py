@@ -795,9 +795,10 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         _barrier()
         epoch_bar.update(1)
     epoch_bar.close()
-    if rank != 0: return None
-    return _finish(args, model, history, final, test_loader, device, epochs, last_epoch, world_size, settings,
-                   seconds_before + time.time() - start)
+    summary = None if rank != 0 else _finish(args, model, history, final, test_loader, device, epochs, last_epoch,
+                                             world_size, settings, seconds_before + time.time() - start)
+    _barrier()        # the ranks leave together: one that tears down gloo while another still writes can abort
+    return summary
 
 # %% ../nbs/12_train.ipynb #d4b0f0bc
 def _finish(args, model, history, final, test_loader, device, epochs, last_epoch, world_size, settings, seconds) -> dict:
