@@ -12,8 +12,12 @@ study that fits in a few hours of two cores; the test set is always the full 10,
                                                                  incremental T with the decoder's V_th raised by stage
     inc-long    --schedule 1:4,2:3,4:3 --lr-schedule stage-cosine   incremental T with longer late stages
 
+These six change the rate once per epoch (`--lr-step epoch`, as they were run). The same with the rate stepped per
+batch (the default now, every cosine ends near 0) are t1-b, inc-b, inc-cosine-b, t4-b and inc-vth-b; inc-vV and t4-vV
+(V = 2, 4, 10) hold the decoder's V_th at V through training, incremental (stage-cosine) or at T = 4 only.
+
 `--advance` trains the unfinished runs in RUNS_DIR, `--epochs-per-call` epochs per `pttfs-train ... --stop-after N
---resume` call, every seed of the first three configurations before inc-cosine, on `--workers` runs side by side
+--resume` call, every configuration of `--configs` (in its order) for one seed of `--seeds` before the next, on `--workers` runs side by side
 with `--threads` threads each (`--configs` picks configurations), and starts no call after `--minutes`: a stopped study loses only the calls in
 flight, and `--advance` again continues it from the run folders. `--collect` evaluates every finished run at its
 own T and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from
@@ -26,23 +30,32 @@ import argparse, json, os, statistics, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 COMMON = ('--dataset', 'fashion-mnist', '--augment', '--convs-per-block', '2', '--bf16', '--batch-size', '128')
+OLD = ('--lr-step', 'epoch')    # the first controls changed the rate once per epoch (a 2-epoch stage ended at 0.5 of --lr)
+STAGES = ('--schedule', '1:6,2:2,4:2')
 CONFIGS = {
-    't1': ('--schedule', '1:10'),
-    'inc': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine'),
-    't4': ('--schedule', '4:10'),
-    'inc-cosine': ('--schedule', '1:6,2:2,4:2'),
-    'inc-vth': ('--schedule', '1:6,2:2,4:2', '--lr-schedule', 'stage-cosine', '--stage-thresholds', '1,2,4'),
-    'inc-long': ('--schedule', '1:4,2:3,4:3', '--lr-schedule', 'stage-cosine'),
+    't1': ('--schedule', '1:10') + OLD,
+    'inc': STAGES + ('--lr-schedule', 'stage-cosine') + OLD,
+    't4': ('--schedule', '4:10') + OLD,
+    'inc-cosine': STAGES + OLD,
+    'inc-vth': STAGES + ('--lr-schedule', 'stage-cosine', '--stage-thresholds', '1,2,4') + OLD,
+    'inc-long': ('--schedule', '1:4,2:3,4:3', '--lr-schedule', 'stage-cosine') + OLD,
+    # the rate stepped per batch (the default since --lr-step): every span's cosine ends near 0
+    't1-b': ('--schedule', '1:10'),
+    'inc-b': STAGES + ('--lr-schedule', 'stage-cosine'),
+    'inc-cosine-b': STAGES,
+    't4-b': ('--schedule', '4:10'),
+    'inc-vth-b': STAGES + ('--lr-schedule', 'stage-cosine', '--stage-thresholds', '1,2,4'),
+    # the decoder's V_th held through training (the trained-threshold study)
+    **{f'inc-v{v}': STAGES + ('--lr-schedule', 'stage-cosine', '--decoder-threshold', str(v)) for v in (2, 4, 10)},
+    **{f't4-v{v}': ('--schedule', '4:10', '--decoder-threshold', str(v)) for v in (2, 4, 10)},
 }
-MAIN = ('t1', 'inc', 't4')   # advanced first, every seed; inc-cosine (the stored recipe's schedule) after them
 SEEDS = (0, 1, 2)
 EPOCHS = 10
 
 
-def runs() -> list:
-    "(name, flags) of every run, in the order they are advanced."
-    order = [(config, seed) for seed in SEEDS for config in MAIN] + [(c, seed) for seed in SEEDS for c in CONFIGS if c not in MAIN]
-    return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for config, seed in order]
+def runs(configs=tuple(CONFIGS), seeds=SEEDS) -> list:
+    "(name, flags) of every run, in the order they are advanced: every configuration of a seed before the next seed."
+    return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for seed in seeds for config in configs]
 
 
 def common(args) -> tuple:
@@ -71,8 +84,7 @@ def advance(args):
     os.makedirs(args.runs_dir, exist_ok=True)
     busy, failed, choosing = set(), set(), threading.Lock()
     def next_run():
-        for name, flags in runs():
-            if name.rsplit('-seed', 1)[0] not in args.configs: continue
+        for name, flags in runs(args.configs, args.seeds):
             if name not in busy and name not in failed and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
         return None
     def worker():
@@ -98,9 +110,16 @@ def evaluate(folder: str, T, data_dir: str) -> dict:
     with open(out) as f: return json.load(f)
 
 
+def history(folder: str) -> list:
+    "The run's per-epoch rows: rate, accuracy and (runs made since they were logged) the decision table."
+    keep = ('epoch', 'T', 'lr_first', 'lr_last', 'decoder_threshold', 'train_loss', 'test_accuracy', 'avg_timesteps', 'decisions')
+    with open(os.path.join(folder, 'metrics.jsonl')) as f:
+        return [{k: row[k] for k in keep if k in row} for row in map(json.loads, f)]
+
+
 def collect(args):
     rows = []
-    for name, flags in runs():
+    for name, flags in runs(args.configs, args.seeds):
         folder = os.path.join(args.runs_dir, name)
         if epochs_done(folder) < EPOCHS or not os.path.exists(os.path.join(folder, 'summary.json')): continue
         with open(os.path.join(folder, 'summary.json')) as f: summary = json.load(f)
@@ -109,9 +128,9 @@ def collect(args):
                          command=' '.join(['pttfs-train', *common(args), *flags]), T=summary['T'],
                          test_accuracy=own['test_accuracy'], avg_timesteps=own['avg_timesteps'],
                          decisions=own.get('decisions'), test_accuracy_at_T1=at_one['test_accuracy'],
-                         wall_seconds=summary.get('wall_seconds')))
+                         wall_seconds=summary.get('wall_seconds'), history=history(folder)))
     configs = {}
-    for config in CONFIGS:
+    for config in args.configs:
         mine = [r for r in rows if r['config'] == config]
         if not mine: continue
         def spread(key):
@@ -123,7 +142,7 @@ def collect(args):
     from pttfs.train import describe_machine
     from pttfs.train import atomic_write
     result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
-                  epochs=EPOCHS, train_subset=args.train_subset, planned=[name for name, _ in runs()], runs=rows, configs=configs)
+                  epochs=EPOCHS, train_subset=args.train_subset, planned=[name for name, _ in runs(args.configs, args.seeds)], runs=rows, configs=configs)
     def write(tmp):
         with open(tmp, 'w') as f: json.dump(result, f, indent=1)
     atomic_write(os.path.abspath(args.collect), write)
@@ -143,9 +162,10 @@ if __name__ == '__main__':
     p.add_argument('--epochs-per-call', type=int, default=1, help="--advance: epochs per pttfs-train call")
     p.add_argument('--train-subset', type=int, default=None, help="train every run on this many training images")
     p.add_argument('--collect', default=None, help="write the finished runs' results to this JSON")
-    p.add_argument('--configs', default=','.join(CONFIGS), help="--advance: these configurations only (comma-separated)")
+    p.add_argument('--configs', default=','.join(list(CONFIGS)[:6]), help="these configurations only (comma-separated), in order")
+    p.add_argument('--seeds', default='0,1,2', help="these seeds (comma-separated); every configuration of one before the next")
     args = p.parse_args()
-    args.configs = args.configs.split(',')
+    args.configs, args.seeds = args.configs.split(','), [int(v) for v in args.seeds.split(',')]
     if set(args.configs) - set(CONFIGS): p.error(f"--configs: unknown {sorted(set(args.configs) - set(CONFIGS))}; from {','.join(CONFIGS)}")
     args.runs_dir, args.data_dir = os.path.abspath(args.runs_dir), os.path.abspath(args.data_dir)
     if args.advance: advance(args)

@@ -9,7 +9,7 @@ __all__ = ['MAX_T', 'MAX_EPOCHS', 'LR_SCHEDULES', 'RUN_FILES', 'LOCK_FILE', 'RUN
            'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint', 'check_out_path', 'check_out_file',
            'describe_machine', 'RunFolder', 'run_settings', 'model_for', 'network_signature', 'OneLineParser',
            'HelpFormatter', 'default_device', 'check_device', 'new_run_folder', 'check_args', 'parse_args',
-           'checked_settings', 'setup_distributed', 'train', 'mark_stages', 'plot_run', 'main']
+           'checked_settings', 'setup_distributed', 'train', 'mark_stages', 'decision_curve', 'plot_run', 'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -56,11 +56,15 @@ def epoch_stages(schedule: list) -> list:
 
 LR_SCHEDULES = ('cosine', 'stage-cosine')
 
-def lr_factors(schedule: list, kind: str = 'cosine') -> list:
-    "Every epoch's learning rate as a fraction of --lr: one cosine over all epochs, or one that restarts at each stage."
+def lr_factors(schedule: list, kind: str = 'cosine',
+               steps_per_epoch: int = 1,  # batches per epoch: the rate changes at every batch; 1: once per epoch
+              ) -> list:
+    "Every step's learning rate as a fraction of --lr: one cosine over all epochs, or one that restarts at each stage."
     if kind not in LR_SCHEDULES: raise ValueError(f"the learning-rate schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if steps_per_epoch < 1: raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     spans = [sum(epochs for _, epochs in schedule)] if kind == 'cosine' else [epochs for _, epochs in schedule]
-    return [0.5 * (1 + math.cos(math.pi * e / length)) for length in spans for e in range(length)]
+    steps = [steps_per_epoch * epochs for epochs in spans]
+    return [0.5 * (1 + math.cos(math.pi * s / length)) for length in steps for s in range(length)]
 
 # %% ../nbs/12_train.ipynb #d5ae28a0
 def stage_thresholds(text: str,  # 'V1,V2,...', one decoder threshold per stage
@@ -89,10 +93,11 @@ def mixup_or_cutmix(classes: int):
 
 def train_epoch(model, loader, T: int, optimizer, device, progress=None, bf16: bool = None,
                 label_smoothing: float = 0.0, mix=None,  # mix: (images, labels) -> (images, soft labels), e.g. mixup_or_cutmix
+                scheduler=None,  # stepped after every batch (the per-batch cosine); None: the caller steps it per epoch
                ) -> dict:
-    "One pass over the training data at T time steps: mean loss and accuracy (against the larger part of a mixed label)."
+    "One pass at T time steps: mean loss and accuracy (against the larger part of a mixed label), first and last batch's rate."
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, rates = 0.0, 0, 0, []
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         if mix is not None:
@@ -107,13 +112,15 @@ def train_epoch(model, loader, T: int, optimizer, device, progress=None, bf16: b
             raise FloatingPointError(f"the training loss is {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        rates.append(optimizer.param_groups[0]['lr'])
         optimizer.step()
+        if scheduler is not None: scheduler.step()
         total_loss += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         if progress: progress.update(1)
     total_loss, correct, seen = _all_sum([total_loss, correct, seen], device)    # over all processes under DDP
-    return dict(train_loss=total_loss / seen, train_accuracy=correct / seen)
+    return dict(train_loss=total_loss / seen, train_accuracy=correct / seen, lr_first=rates[0], lr_last=rates[-1])
 
 
 def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
@@ -330,11 +337,12 @@ class RunFolder:
 # Settings that define a run: a checkpoint made with other values cannot be resumed with these.
 RUN_KEYS = ('dataset', 'architecture', 'decoder', 'channels', 'hidden', 'tau', 'decoder_threshold', 'schedule',
             'batch_size', 'lr', 'seed', 'augment', 'convs_per_block', 'bf16', 'neuron', 'surrogate', 'output_force_last',
-            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule', 'stage_thresholds')
+            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule', 'stage_thresholds',
+            'lr_step')
 # Keys added later, with the value that runs saved before them had (bf16 None: on for CUDA only).
 _OLDER_RUNS = dict(convs_per_block=1, bf16=None, neuron='amos', surrogate='sigmoid', output_force_last=False,
                    optimizer='adam', momentum=0.9, label_smoothing=0.0, mixup=False, train_subset=None,
-                   lr_schedule='cosine', stage_thresholds=None)
+                   lr_schedule='cosine', stage_thresholds=None, lr_step='epoch')
 
 # A recipe fills every one of these flags that the command leaves out.
 RECIPES = {
@@ -454,7 +462,9 @@ def _build_parser() -> OneLineParser:
     p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with the --lr-schedule decay " + _recipe('optimizer'))
     p.add_argument('--lr', type=float, default=None, help="the initial learning rate " + _recipe('lr'))
     p.add_argument('--lr-schedule', default='cosine', choices=LR_SCHEDULES, help="cosine: one decay over all epochs; "
-                   "stage-cosine: each T stage restarts at --lr and decays by its end")
+                   "stage-cosine: each T stage restarts at --lr and decays to about 0 by its last batch")
+    p.add_argument('--lr-step', default='batch', choices=['batch', 'epoch'], help="change the rate after every batch, "
+                   "or once per epoch (as runs made before --lr-step did; a 2-epoch stage then ends at half --lr)")
     p.add_argument('--momentum', type=float, default=0.9, help="SGD's momentum")
     p.add_argument('--label-smoothing', type=float, default=None, help="of the cross-entropy " + _recipe('label_smoothing'))
     p.add_argument('--mixup', action=argparse.BooleanOptionalAction, default=None,
@@ -706,10 +716,11 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
     model = model_for(vars(args)).to(device)
     if args.optimizer == 'sgd': optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     else: optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    if args.lr_schedule == 'cosine': scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if args.lr_step == 'epoch' and args.lr_schedule == 'cosine':      # as runs made before --lr-step: they resume so
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     else:
-        factors = lr_factors(args.stages, args.lr_schedule)
-        def factor(epoch: int) -> float: return factors[min(epoch, len(factors) - 1)]   # the step after the last epoch too
+        factors = lr_factors(args.stages, args.lr_schedule, getattr(args, 'steps_per_epoch', 1) if args.lr_step == 'batch' else 1)
+        def factor(step: int) -> float: return factors[min(step, len(factors) - 1)]   # the step after the last one too
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if state is not None:
         if state.get('network', network_signature(model)) != network_signature(model):
@@ -755,7 +766,9 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
             return _finished_run(args, state, len(epochs)) if rank == 0 else None
         if rank == 0: print(f"pttfs-train: {args.out} has {last_epoch} epochs; writing its missing summary.json", file=sys.stderr)
 
+    args.steps_per_epoch = len(_epoch_loader(args, train_set, 0, rank, world_size))     # batches: the per-batch schedule's unit
     model, optimizer, scheduler = _model_and_optimizer(args, device, len(epochs), state)
+    per_batch = scheduler if args.lr_step == 'batch' else None
     history, epochs_done, seconds_before = [], 0, 0.0
     if state is not None:
         history, epochs_done, seconds_before = state['history'], state['epochs_done'], state.get('wall_seconds', 0.0)
@@ -775,14 +788,14 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
             row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])
             if args.stage_thresholds is not None: row['decoder_threshold'] = args.epoch_thresholds[epoch]
-            try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix))
+            try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix, per_batch))
             except FloatingPointError as e:
                 raise RunError(f"{e} in epoch {epoch + 1} (T={T}): training diverged, so it stops here; lower --lr "
                                f"(last.pt holds {args.epochs_saved} finished epochs)") from None
-        scheduler.step()
+        if per_batch is None: scheduler.step()
         if rank == 0:                                 # one process evaluates and writes; the others wait
             final = evaluate(model, test_loader, T, device, args.bf16)
-            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'decisions', 'spikes_per_sample_to_decision')})
+            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'spikes_per_sample_to_decision')})
             history.append(row)
             save_checkpoint(args.out, _checkpoint(model, optimizer, scheduler, history, settings, epoch + 1, world_size,
                                                   seconds_before + time.time() - start))
@@ -838,15 +851,33 @@ def mark_stages(ax, history: list) -> float:
     return 6 + 10 * rows
 
 
+def decision_curve(history: list) -> tuple:
+    "Per epoch with a decision table: (epochs, share deciding at t = 0, accuracy of the later deciders or None)."
+    epochs, at_zero, later = [], [], []
+    for row in history:
+        if not row.get('decisions'): continue           # rows of runs made before the table was logged per epoch
+        rest = [r for r in row['decisions'][1:] if r['fraction'] > 0]
+        share = sum(r['fraction'] for r in rest)
+        epochs.append(row['epoch']); at_zero.append(row['decisions'][0]['fraction'])
+        later.append(sum(r['fraction'] * r['accuracy'] for r in rest) / share if rest else None)
+    return epochs, at_zero, later
+
+
 def plot_run(out: str, history: list, summary: dict):
-    "accuracy.png (test accuracy per epoch, stages marked) and t_first.png (how many test images decide at each step)."
+    "accuracy.png (accuracy and decisions per epoch, stages marked) and t_first.png (how many test images decide at each step)."
     from matplotlib.figure import Figure         # no pyplot: drawing files must not change a notebook's backend
     from matplotlib.ticker import MaxNLocator
-    fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
+    fig = Figure(figsize=(11, 3.5)); ax, right = fig.subplots(1, 2)
     ax.plot([r['epoch'] for r in history], [100 * r['test_accuracy'] for r in history], 'o-')
     pad = mark_stages(ax, history)
     ax.set_xlabel('epoch'); ax.set_ylabel('test accuracy (%)')
     ax.set_title(f"Test accuracy after each epoch ({summary['dataset']}, schedule {summary['schedule']})", fontsize=10, pad=pad)
+    epochs, at_zero, later = decision_curve(history)
+    right.plot(epochs, [100 * s for s in at_zero], 'o-', label='share deciding at t = 0')
+    right.plot(epochs, [None if a is None else 100 * a for a in later], 's--', label='accuracy of those deciding later')
+    right.set_ylim(-3, 103); right.set_xlabel('epoch'); right.set_ylabel('%'); right.legend(fontsize=8)
+    right.set_title("Decisions after each epoch" if epochs else "Decisions per epoch were not logged by this run", fontsize=10,
+                    pad=mark_stages(right, history))
     fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
     fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     counts = summary['t_first_histogram']

@@ -48,8 +48,19 @@ from nbdev.showdoc import show_doc
 # **The learning rate across stages.** One cosine decay over all epochs (`--lr-schedule cosine`, the default)
 # spends most of its rate on the first stage: with `1:20,2:1,4:1`, the T = 2 and T = 4 epochs train at a few
 # percent of `--lr` or less (printed below), so the later stages barely move the weights. `--lr-schedule
-# stage-cosine` restarts the decay at every stage (warm restarts, as in SGDR, Loshchilov & Hutter 2017): epoch $e$
-# of a stage of $L$ epochs trains at $\tfrac12\,(1 + \cos(\pi e / L))$ times `--lr`.
+# stage-cosine` restarts the decay at every stage (warm restarts, as in SGDR, Loshchilov & Hutter 2017).
+#
+# **Stepped per batch.** A cosine that changes once per epoch never anneals a short stage: a stage of $L = 2$
+# epochs would train its second epoch at $\tfrac12(1 + \cos(\pi/2)) = 0.5$ of `--lr`, so the network that ends
+# it has not settled, while a network under one long cosine has. The rate therefore changes at every batch. A span
+# (the whole run for `cosine`, one stage for `stage-cosine`) of $L$ epochs of $B$ batches has $S = LB$ steps, and
+# step $s = 0, \dots, S - 1$ trains at
+#
+# $$\eta_s = \tfrac12\,\bigl(1 + \cos(\pi s / S)\bigr)\,\eta_{\max},$$
+#
+# which starts every span at `--lr` and ends it at $\tfrac12(1 - \cos(\pi / S)) \approx (\pi / 2S)^2$ of it,
+# whatever $L$ is. `lr_factors` with `steps_per_epoch=1` is the older once-per-epoch schedule, with which runs
+# trained before this change still resume (`--lr-step epoch`).
 
 # %%
 #| export
@@ -75,11 +86,15 @@ def epoch_stages(schedule: list) -> list:
 
 LR_SCHEDULES = ('cosine', 'stage-cosine')
 
-def lr_factors(schedule: list, kind: str = 'cosine') -> list:
-    "Every epoch's learning rate as a fraction of --lr: one cosine over all epochs, or one that restarts at each stage."
+def lr_factors(schedule: list, kind: str = 'cosine',
+               steps_per_epoch: int = 1,  # batches per epoch: the rate changes at every batch; 1: once per epoch
+              ) -> list:
+    "Every step's learning rate as a fraction of --lr: one cosine over all epochs, or one that restarts at each stage."
     if kind not in LR_SCHEDULES: raise ValueError(f"the learning-rate schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if steps_per_epoch < 1: raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     spans = [sum(epochs for _, epochs in schedule)] if kind == 'cosine' else [epochs for _, epochs in schedule]
-    return [0.5 * (1 + math.cos(math.pi * e / length)) for length in spans for e in range(length)]
+    steps = [steps_per_epoch * epochs for epochs in spans]
+    return [0.5 * (1 + math.cos(math.pi * s / length)) for length in steps for s in range(length)]
 
 
 # %%
@@ -91,7 +106,44 @@ print(f"1:20,2:1,4:1 under one cosine: the T = 2 epoch at {late[0]:.1%} of --lr,
 test_eq([round(f, 6) for f in lr_factors([(1, 20), (2, 1), (4, 1)])][-2:], [round(0.5 * (1 + math.cos(math.pi * e / 22)), 6) for e in (20, 21)])
 test_eq(lr_factors([(1, 3), (2, 2)], 'stage-cosine'), lr_factors([(1, 3)]) + lr_factors([(2, 2)]))
 test_fail(lambda: lr_factors([(1, 3)], 'linear'), contains='cosine')
+test_fail(lambda: lr_factors([(1, 3)], 'cosine', 0), contains='steps_per_epoch')
 for bad in ['', '1:0', 'x:2', '2', '1:2:3', '0:4', '100000000:1', '1:1000000000', '1:' + '9' * 23, '1:6000,2:6000']: test_fail(lambda: parse_schedule(bad), exc=ValueError)
+
+# %% [markdown]
+# Per epoch, the 2-epoch stages of `1:6,2:2,4:2` end at half the rate; per batch (here 157 batches an epoch,
+# 20,000 images in batches of 128), every span ends near 0. We expect the last factor of each stage to be below
+# $10^{-4}$ with `stage-cosine` stepped per batch, and 0.5 when it is stepped per epoch:
+
+# %%
+controls = parse_schedule('1:6,2:2,4:2')
+stage_ends = [sum(e for _, e in controls[:i + 1]) for i in range(len(controls))]      # epochs at each stage's end
+per_epoch, per_batch = lr_factors(controls, 'stage-cosine'), lr_factors(controls, 'stage-cosine', steps_per_epoch=157)
+print("per epoch, each stage's last epoch:", [round(per_epoch[e - 1], 3) for e in stage_ends])
+print("per batch, each stage's last batch:", [f"{per_batch[157 * e - 1]:.1e}" for e in stage_ends])
+test_eq([per_epoch[e - 1] for e in stage_ends][1:], [0.5, 0.5])
+assert all(per_batch[157 * e - 1] < 1e-4 for e in stage_ends)
+test_eq([per_batch[157 * e] for e in stage_ends[:-1]], [1.0, 1.0])                 # each stage restarts at --lr
+test_close(lr_factors([(1, 2)], 'cosine', 3), [0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(6)])
+test_eq(len(lr_factors(controls, 'cosine', 157)), 157 * 10)
+
+# %% [markdown]
+# Figure 12.1 draws the recipe's schedule (`1:12,2:4,4:4`, Fashion-MNIST's 938 batches of 64 an epoch) both ways,
+# one point per batch. Look at the last epoch of each stage: stepped per batch, `stage-cosine` reaches zero at every
+# stage boundary, where the per-epoch schedule jumps back up from a half-decayed rate.
+
+# %%
+#| code-fold: true
+import matplotlib.pyplot as plt
+recipe, batches = parse_schedule('1:12,2:4,4:4'), 938
+fig, axes = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
+for ax, kind in zip(axes, LR_SCHEDULES):
+    steps = torch.arange(batches * sum(e for _, e in recipe)) / batches             # in epochs
+    ax.plot(steps, lr_factors(recipe, kind, batches), lw=1, label='per batch')
+    ax.step(range(20), lr_factors(recipe, kind), where='post', ls='--', lw=1, label='per epoch')
+    for end in [sum(e for _, e in recipe[:i + 1]) for i in range(len(recipe) - 1)]: ax.axvline(end, color='grey', ls=':')
+    ax.set(title=f"--lr-schedule {kind}", xlabel='epoch', ylabel='fraction of --lr'); ax.legend(fontsize=8)
+fig.suptitle("Figure 12.1: the learning rate of the recipe's schedule, stepped per batch and per epoch", fontsize=10)
+fig.tight_layout(); plt.show()
 
 
 # %% [markdown]
@@ -165,10 +217,11 @@ def mixup_or_cutmix(classes: int):
 
 def train_epoch(model, loader, T: int, optimizer, device, progress=None, bf16: bool = None,
                 label_smoothing: float = 0.0, mix=None,  # mix: (images, labels) -> (images, soft labels), e.g. mixup_or_cutmix
+                scheduler=None,  # stepped after every batch (the per-batch cosine); None: the caller steps it per epoch
                ) -> dict:
-    "One pass over the training data at T time steps: mean loss and accuracy (against the larger part of a mixed label)."
+    "One pass at T time steps: mean loss and accuracy (against the larger part of a mixed label), first and last batch's rate."
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, rates = 0.0, 0, 0, []
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         if mix is not None:
@@ -183,13 +236,15 @@ def train_epoch(model, loader, T: int, optimizer, device, progress=None, bf16: b
             raise FloatingPointError(f"the training loss is {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        rates.append(optimizer.param_groups[0]['lr'])
         optimizer.step()
+        if scheduler is not None: scheduler.step()
         total_loss += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         if progress: progress.update(1)
     total_loss, correct, seen = _all_sum([total_loss, correct, seen], device)    # over all processes under DDP
-    return dict(train_loss=total_loss / seen, train_accuracy=correct / seen)
+    return dict(train_loss=total_loss / seen, train_accuracy=correct / seen, lr_first=rates[0], lr_last=rates[-1])
 
 
 def decision_table(decision: Tensor, correct: Tensor, T: int) -> list:
@@ -539,11 +594,12 @@ with tempfile.TemporaryDirectory() as tmp:
 # Settings that define a run: a checkpoint made with other values cannot be resumed with these.
 RUN_KEYS = ('dataset', 'architecture', 'decoder', 'channels', 'hidden', 'tau', 'decoder_threshold', 'schedule',
             'batch_size', 'lr', 'seed', 'augment', 'convs_per_block', 'bf16', 'neuron', 'surrogate', 'output_force_last',
-            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule', 'stage_thresholds')
+            'optimizer', 'momentum', 'label_smoothing', 'mixup', 'train_subset', 'lr_schedule', 'stage_thresholds',
+            'lr_step')
 # Keys added later, with the value that runs saved before them had (bf16 None: on for CUDA only).
 _OLDER_RUNS = dict(convs_per_block=1, bf16=None, neuron='amos', surrogate='sigmoid', output_force_last=False,
                    optimizer='adam', momentum=0.9, label_smoothing=0.0, mixup=False, train_subset=None,
-                   lr_schedule='cosine', stage_thresholds=None)
+                   lr_schedule='cosine', stage_thresholds=None, lr_step='epoch')
 
 # A recipe fills every one of these flags that the command leaves out.
 RECIPES = {
@@ -669,7 +725,9 @@ def _build_parser() -> OneLineParser:
     p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with the --lr-schedule decay " + _recipe('optimizer'))
     p.add_argument('--lr', type=float, default=None, help="the initial learning rate " + _recipe('lr'))
     p.add_argument('--lr-schedule', default='cosine', choices=LR_SCHEDULES, help="cosine: one decay over all epochs; "
-                   "stage-cosine: each T stage restarts at --lr and decays by its end")
+                   "stage-cosine: each T stage restarts at --lr and decays to about 0 by its last batch")
+    p.add_argument('--lr-step', default='batch', choices=['batch', 'epoch'], help="change the rate after every batch, "
+                   "or once per epoch (as runs made before --lr-step did; a 2-epoch stage then ends at half --lr)")
     p.add_argument('--momentum', type=float, default=0.9, help="SGD's momentum")
     p.add_argument('--label-smoothing', type=float, default=None, help="of the cross-entropy " + _recipe('label_smoothing'))
     p.add_argument('--mixup', action=argparse.BooleanOptionalAction, default=None,
@@ -994,10 +1052,11 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
     model = model_for(vars(args)).to(device)
     if args.optimizer == 'sgd': optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     else: optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    if args.lr_schedule == 'cosine': scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if args.lr_step == 'epoch' and args.lr_schedule == 'cosine':      # as runs made before --lr-step: they resume so
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     else:
-        factors = lr_factors(args.stages, args.lr_schedule)
-        def factor(epoch: int) -> float: return factors[min(epoch, len(factors) - 1)]   # the step after the last epoch too
+        factors = lr_factors(args.stages, args.lr_schedule, getattr(args, 'steps_per_epoch', 1) if args.lr_step == 'batch' else 1)
+        def factor(step: int) -> float: return factors[min(step, len(factors) - 1)]   # the step after the last one too
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if state is not None:
         if state.get('network', network_signature(model)) != network_signature(model):
@@ -1047,7 +1106,9 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
             return _finished_run(args, state, len(epochs)) if rank == 0 else None
         if rank == 0: print(f"pttfs-train: {args.out} has {last_epoch} epochs; writing its missing summary.json", file=sys.stderr)
 
+    args.steps_per_epoch = len(_epoch_loader(args, train_set, 0, rank, world_size))     # batches: the per-batch schedule's unit
     model, optimizer, scheduler = _model_and_optimizer(args, device, len(epochs), state)
+    per_batch = scheduler if args.lr_step == 'batch' else None
     history, epochs_done, seconds_before = [], 0, 0.0
     if state is not None:
         history, epochs_done, seconds_before = state['history'], state['epochs_done'], state.get('wall_seconds', 0.0)
@@ -1067,14 +1128,14 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
             row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])
             if args.stage_thresholds is not None: row['decoder_threshold'] = args.epoch_thresholds[epoch]
-            try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix))
+            try: row.update(train_epoch(trained, train_loader, T, optimizer, device, bar, args.bf16, args.label_smoothing, mix, per_batch))
             except FloatingPointError as e:
                 raise RunError(f"{e} in epoch {epoch + 1} (T={T}): training diverged, so it stops here; lower --lr "
                                f"(last.pt holds {args.epochs_saved} finished epochs)") from None
-        scheduler.step()
+        if per_batch is None: scheduler.step()
         if rank == 0:                                 # one process evaluates and writes; the others wait
             final = evaluate(model, test_loader, T, device, args.bf16)
-            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'decisions', 'spikes_per_sample_to_decision')})
+            row.update({k: v for k, v in final.items() if k not in ('t_first_histogram', 'spikes_per_sample', 'spikes_per_sample_to_decision')})
             history.append(row)
             save_checkpoint(args.out, _checkpoint(model, optimizer, scheduler, history, settings, epoch + 1, world_size,
                                                   seconds_before + time.time() - start))
@@ -1139,15 +1200,33 @@ def mark_stages(ax, history: list) -> float:
     return 6 + 10 * rows
 
 
+def decision_curve(history: list) -> tuple:
+    "Per epoch with a decision table: (epochs, share deciding at t = 0, accuracy of the later deciders or None)."
+    epochs, at_zero, later = [], [], []
+    for row in history:
+        if not row.get('decisions'): continue           # rows of runs made before the table was logged per epoch
+        rest = [r for r in row['decisions'][1:] if r['fraction'] > 0]
+        share = sum(r['fraction'] for r in rest)
+        epochs.append(row['epoch']); at_zero.append(row['decisions'][0]['fraction'])
+        later.append(sum(r['fraction'] * r['accuracy'] for r in rest) / share if rest else None)
+    return epochs, at_zero, later
+
+
 def plot_run(out: str, history: list, summary: dict):
-    "accuracy.png (test accuracy per epoch, stages marked) and t_first.png (how many test images decide at each step)."
+    "accuracy.png (accuracy and decisions per epoch, stages marked) and t_first.png (how many test images decide at each step)."
     from matplotlib.figure import Figure         # no pyplot: drawing files must not change a notebook's backend
     from matplotlib.ticker import MaxNLocator
-    fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
+    fig = Figure(figsize=(11, 3.5)); ax, right = fig.subplots(1, 2)
     ax.plot([r['epoch'] for r in history], [100 * r['test_accuracy'] for r in history], 'o-')
     pad = mark_stages(ax, history)
     ax.set_xlabel('epoch'); ax.set_ylabel('test accuracy (%)')
     ax.set_title(f"Test accuracy after each epoch ({summary['dataset']}, schedule {summary['schedule']})", fontsize=10, pad=pad)
+    epochs, at_zero, later = decision_curve(history)
+    right.plot(epochs, [100 * s for s in at_zero], 'o-', label='share deciding at t = 0')
+    right.plot(epochs, [None if a is None else 100 * a for a in later], 's--', label='accuracy of those deciding later')
+    right.set_ylim(-3, 103); right.set_xlabel('epoch'); right.set_ylabel('%'); right.legend(fontsize=8)
+    right.set_title("Decisions after each epoch" if epochs else "Decisions per epoch were not logged by this run", fontsize=10,
+                    pad=mark_stages(right, history))
     fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
     fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     counts = summary['t_first_histogram']
@@ -1157,6 +1236,16 @@ def plot_run(out: str, history: list, summary: dict):
     ax.set_xlabel('time step of the decision (first output spike)'); ax.set_ylabel('test images')
     ax.set_title(f"When the test images decide: {summary['avg_timesteps']:.2f} steps on average, of T = {summary['T']}", fontsize=10)
     fig.tight_layout(); fig.savefig(os.path.join(out, 't_first.png'), dpi=110)
+
+
+# %%
+rows = [dict(epoch=1, T=1, decisions=[dict(t=0, fraction=1.0, accuracy=0.8)]),
+        dict(epoch=2, T=2, decisions=[dict(t=0, fraction=0.75, accuracy=0.9), dict(t=1, fraction=0.25, accuracy=0.6)]),
+        dict(epoch=3, T=4, decisions=[dict(t=0, fraction=0.5, accuracy=1.0), dict(t=1, fraction=0.0, accuracy=None),
+                                      dict(t=2, fraction=0.25, accuracy=0.8), dict(t=3, fraction=0.25, accuracy=0.4)])]
+print(decision_curve(rows))
+test_eq(decision_curve(rows), ([1, 2, 3], [1.0, 0.75, 0.5], [None, 0.6, 0.6000000000000001]))
+test_eq(decision_curve([dict(epoch=1, T=4, test_accuracy=0.5)]), ([], [], []))      # a run made before the tables were logged
 
 
 # %%
