@@ -121,19 +121,45 @@ def find_mathjax() -> Path:
 MANIFEST = '.site-manifest'   # every file a build wrote: the next build removes these and nothing else
 
 
+def planned_mathjax(mathjax: Path) -> list:
+    "The MathJax files the site serves, relative to `mathjax`."
+    skip = shutil.ignore_patterns('unpacked', 'test', '*.md')
+    files = []
+    for folder, dirs, names in os.walk(mathjax):
+        ignored = skip(folder, dirs + names)
+        dirs[:] = [d for d in dirs if d not in ignored]
+        files += [Path(folder, n).relative_to(mathjax) for n in names if n not in ignored]
+    return sorted(files)
+
+
+def write_file(out: Path, name: str, write):
+    "Write out/name with `write(path)`, never through a link: one that is there is refused."
+    path = out / name
+    if path.is_symlink(): sys.exit(f"{path} is a link: the site writes no file through one; remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+
+
 def build(out: Path):
     from nbconvert import HTMLExporter
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        sys.exit(f"{out} is not a folder: choose another --out")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():   # never wipe a folder we did not build
         sys.exit(f"{out} exists and is not a site this script built: choose another --out, or remove it yourself")
     remove_previous_build(out)
     out.mkdir(parents=True, exist_ok=True)
     mathjax = find_mathjax()
-    shutil.copytree(mathjax, out / 'mathjax', ignore=shutil.ignore_patterns('unpacked', 'test', '*.md'), dirs_exist_ok=True)
     config = next(c for c in MATHJAX_CONFIGS + [''] if not c or (mathjax / 'config' / f'{c}.js').exists())
     if not config: sys.exit(f"{mathjax} has none of the MathJax configurations {MATHJAX_CONFIGS}")
-    (out / 'book.css').write_text(BOOK_CSS)
-    (out / 'book.js').write_text(BOOK_JS)
     notebooks = [(page_notebook(nb), file) for nb, file in chapters()]
+    served = [Path('mathjax') / f for f in planned_mathjax(mathjax)]
+    # The manifest lists what this build will write, before it writes any of it: a build that fails partway leaves a
+    # folder the next build recognises, and the next build removes these files and nothing a reader put there.
+    planned = sorted({str(f) for f in served} | {'book.css', 'book.js'} | {file for _, file in notebooks})
+    (out / MANIFEST).write_text('\n'.join(planned) + '\n')
+    for f in served: write_file(out, str(f), lambda path, f=f: shutil.copyfile(mathjax / f.relative_to('mathjax'), path))
+    write_file(out, 'book.css', lambda path: path.write_text(BOOK_CSS))
+    write_file(out, 'book.js', lambda path: path.write_text(BOOK_JS))
     pages = [dict(file=file, title=title_of(nb) or file, number=file.split('_')[0] if file[0].isdigit() else '')
              for nb, file in notebooks]
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE.parent)], template_name=TEMPLATE.name,
@@ -144,22 +170,23 @@ def build(out: Path):
                     previous=pages[i - 1] if i > 0 else None, next=pages[i + 1] if i + 1 < len(pages) else None)
         body, _ = exporter.from_notebook_node(nb, resources=dict(book=book))
         body = body.replace('</head>', '<script src="book.js"></script>\n</head>', 1)
-        (out / file).write_text(body, encoding='utf-8')
-    written = sorted(str(path.relative_to(out)) for path in out.rglob('*') if path.is_file() and path.name != MANIFEST)
-    (out / MANIFEST).write_text('\n'.join(written) + '\n')
+        write_file(out, file, lambda path: path.write_text(body, encoding='utf-8'))
     print(f"built {len(pages)} pages in {out}")
 
 
 def remove_previous_build(out: Path):
-    "Remove what the last build wrote (its manifest lists it) and the folders it leaves empty; a file added since stays."
+    "Remove the files the last build listed in its manifest, and the folders of theirs it leaves empty; nothing else."
     manifest = out / MANIFEST
     if not manifest.exists(): return
+    folders = set()
     for name in manifest.read_text().split('\n'):
         path = out / name
-        if name and path.resolve().is_relative_to(out.resolve()) and (path.is_file() or path.is_symlink()): path.unlink()
+        if not name or not path.parent.resolve().is_relative_to(out.resolve()): continue
+        if path.is_file() or path.is_symlink(): path.unlink()
+        folders.update(p for p in path.parents if p != out and p.is_relative_to(out))
     manifest.unlink()
-    for folder in sorted((p for p in out.rglob('*') if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        if not any(folder.iterdir()): folder.rmdir()
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):     # deepest first
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()): folder.rmdir()
 
 
 class DOM(html.parser.HTMLParser):

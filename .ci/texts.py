@@ -1,7 +1,7 @@
 """The notebooks as plain text, for review: nbs/text/NAME.py is jupytext's py:percent form of nbs/NAME.ipynb
 (every cell's source, no outputs), so a change to a chapter reads as an ordinary diff of code and prose.
 
-    python .ci/texts.py write     # after editing notebooks (.ci/execute.py does it too)
+    python .ci/texts.py write     # after editing notebooks (.ci/execute.py does it too); deletes nothing
     python .ci/texts.py check     # CI: fails when a text file is missing, stale, or has no notebook
 """
 import sys
@@ -23,7 +23,8 @@ def main(command: str) -> int:
         TEXT.mkdir(exist_ok=True)
         for path, text in expected.items():
             if not path.exists() or path.read_text(encoding='utf-8') != text: path.write_text(text, encoding='utf-8')
-        for path in set(TEXT.glob('*.py')) - set(expected): path.unlink()
+        for path in sorted(set(TEXT.glob('*.py')) - set(expected)):     # not ours to delete: it may be a reader's file
+            print(f"{path.relative_to(NBS.parent)} has no notebook: remove it yourself if it was a chapter's text", file=sys.stderr)
         return 0
     problems = [f"{p.relative_to(NBS.parent)} is missing" for p in expected if not p.exists()]
     problems += [f"{p.relative_to(NBS.parent)} differs from its notebook" for p, t in expected.items()

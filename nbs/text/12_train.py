@@ -443,6 +443,9 @@ def check_out_file(p, out: str,
     if not out.strip(): p.error("--out is empty: name the JSON file to write")
     path = os.path.abspath(out)
     if os.path.isdir(path): p.error(f"--out {out}: is a folder; name a file in it, e.g. {os.path.join(out, 'bench.json')}")
+    existing = os.path.dirname(path)
+    while not os.path.lexists(existing): existing = os.path.dirname(existing)
+    if not os.path.isdir(existing): p.error(f"--out {out}: {existing} is a file, so no file can be written below it")
     if os.path.lexists(path):                       # never replace a checkpoint, a metrics file, another tool's output
         if not overwrite: p.error(f"--out {out}: the file exists; choose another --out, or pass --overwrite to replace it")
         if os.path.islink(path) or not _holds_keys(path, own):
@@ -452,6 +455,56 @@ def check_out_file(p, out: str,
         with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)): pass        # can a file be written there?
     except OSError as e: p.error(f"--out {out}: cannot write there ({e.strerror or e})")
     return path
+
+
+# %% [markdown]
+# Figures get the same rule. `save_figure` writes a PNG through a temporary neighbour and a rename, so a link
+# in its place is replaced, never written through, and marks the file as ours in the PNG's `Software` field;
+# `check_figure_files` refuses, before any work, a figure path that holds anything but an earlier figure of ours
+# (and even that without `--overwrite`):
+
+# %%
+#| export
+FIGURE_MARK = b'Software\x00pttfs'      # the PNG text chunk that `save_figure` writes: how a figure is known as ours
+
+def save_figure(fig, path: str, dpi: int = 110):
+    "Save `fig` as a PNG at `path`, atomically (a link there is replaced, not followed) and marked as pttfs's."
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format='png', metadata={'Software': 'pttfs'}))
+
+
+def is_our_figure(path: str) -> bool:
+    "Whether `path` is a regular file written by `save_figure` (not a link, not a reader's picture)."
+    if os.path.islink(path) or not os.path.isfile(path): return False
+    with open(path, 'rb') as f: head = f.read(1 << 16)          # text chunks come before the image data
+    return head.startswith(b'\x89PNG') and FIGURE_MARK in head
+
+
+def check_figure_files(p, paths: list, overwrite: bool = False):
+    "Before any work: `p.error` unless every figure path is free, or (with `overwrite`) an earlier figure of ours."
+    for path in paths:
+        if not os.path.lexists(path): continue
+        if not overwrite: p.error(f"{path} exists (a figure {p.prog} would write); choose another --out, or pass --overwrite")
+        if not is_our_figure(path): p.error(f"{path} is not a figure {p.prog} wrote, so --overwrite does not replace it; move it away")
+
+
+# %%
+from matplotlib.figure import Figure
+with tempfile.TemporaryDirectory() as tmp:
+    fig = Figure(figsize=(1, 1)); fig.subplots().plot([0, 1])
+    theirs = os.path.join(tmp, 'theirs.txt'); open(theirs, 'w').write('keep')
+    os.symlink(theirs, os.path.join(tmp, 'linked.png'))
+    save_figure(fig, os.path.join(tmp, 'linked.png'))                       # replaces the link ...
+    test_eq(open(theirs).read(), 'keep')                                    # ... and never writes through it
+    test_eq([is_our_figure(os.path.join(tmp, n)) for n in ('linked.png', 'theirs.txt', 'none.png')], [True, False, False])
+    class Refusing:                            # the part of a parser these checks use
+        prog = 'demo'
+        def error(self, message): raise RunError(message)
+    p = Refusing()
+    check_figure_files(p, [os.path.join(tmp, 'none.png')])                  # free: fine
+    check_figure_files(p, [os.path.join(tmp, 'linked.png')], overwrite=True) # ours: replaceable with --overwrite
+    test_fail(check_figure_files, args=(p, [os.path.join(tmp, 'linked.png')]), exc=RunError, contains='--overwrite')
+    test_fail(check_figure_files, args=(p, [theirs], True), exc=RunError, contains='not a figure')
+    test_fail(check_out_file, args=(p, os.path.join(theirs, 'x.json')), exc=RunError, contains='is a file')
 
 
 # %% [markdown]
@@ -492,7 +545,7 @@ class RunFolder:
         except OSError as e: raise RunError(f"--out {self.path}: cannot make the folder ({e.strerror})") from None
         try:
             self._lock()
-            present = [name for name in RUN_FILES if os.path.exists(os.path.join(self.path, name))]
+            present = [name for name in RUN_FILES if os.path.lexists(os.path.join(self.path, name))]   # a link counts too
             if present and not resume:
                 raise RunError(f"{self.path} already holds a run ({', '.join(present)}); pass --resume to continue it, "
                                f"or choose another --out")
@@ -1227,7 +1280,7 @@ def plot_run(out: str, history: list, summary: dict):
     right.set_ylim(-3, 103); right.set_xlabel('epoch'); right.set_ylabel('%'); right.legend(fontsize=8)
     right.set_title("Decisions after each epoch" if epochs else "Decisions per epoch were not logged by this run", fontsize=10,
                     pad=mark_stages(right, history))
-    fig.tight_layout(); fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
+    fig.tight_layout(); save_figure(fig, os.path.join(out, 'accuracy.png'))
     fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
     counts = summary['t_first_histogram']
     bars = ax.bar(range(len(counts)), counts)
@@ -1235,7 +1288,7 @@ def plot_run(out: str, history: list, summary: dict):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.margins(y=0.15)
     ax.set_xlabel('time step of the decision (first output spike)'); ax.set_ylabel('test images')
     ax.set_title(f"When the test images decide: {summary['avg_timesteps']:.2f} steps on average, of T = {summary['T']}", fontsize=10)
-    fig.tight_layout(); fig.savefig(os.path.join(out, 't_first.png'), dpi=110)
+    fig.tight_layout(); save_figure(fig, os.path.join(out, 't_first.png'))
 
 
 # %%

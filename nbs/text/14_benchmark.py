@@ -24,7 +24,7 @@ import torch
 from torch import nn, Tensor
 from pttfs.neuron import AMOSLIF
 from pttfs.models import cifar_net
-from pttfs.train import OneLineParser, atomic_write, check_device, default_device, check_out_file, describe_machine
+from pttfs.train import OneLineParser, atomic_write, check_device, default_device, check_out_file, describe_machine, check_figure_files, save_figure
 
 # %%
 #| hide
@@ -406,7 +406,7 @@ def plot_ratios(result: dict, mode: str = 'train', path=None, part: str = 'isola
     ax.set_title(f"{what}: absolute time, {row_key} = {row_label(fixed)} ({mode})"); ax.legend(fontsize=8)
     fig.suptitle(f"{result['machine'].get('cpu_model') or result['machine']['processor']} | {result['machine']['device']} | {result['machine']['date'][:10]}", fontsize=9)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120); plt.close(fig)
+    if path: save_figure(fig, path, dpi=120); plt.close(fig)
     return fig
 
 
@@ -469,6 +469,8 @@ def parse_args(argv=None):
     if args.max_elements < 1: p.error("--max-elements must be positive")
     check_device(p, args.device)
     args.out = check_out_file(p, args.out, args.overwrite)
+    stem, modes = os.path.splitext(args.out)[0], args.modes.split(',')          # the figures beside it: checked now too
+    check_figure_files(p, [f"{stem}-{part}{mode}.png" for part in ('', 'network-') for mode in modes], args.overwrite)
     if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args
 

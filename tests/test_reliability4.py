@@ -1,0 +1,143 @@
+"""Nothing lost, nothing silently wrong (round four): one reproducer per finding, each failing before its fix.
+
+Files the program did not write stay untouched, a cache follows every write, a flag that changes nothing is
+refused, stored networks load across renamed classes, and every notebook cell is a test.
+"""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import nbformat
+import pytest
+import torch
+from inprocess import run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--dataset', 'digits', '--hidden', '16', '--channels', '4', '--batch-size', '256']
+
+def train_main(*args, cwd=None): return run_main('pttfs.train', 'main', *args, cwd=cwd)
+def eval_main(*args, cwd=None): return run_main('pttfs.evaluation', 'eval_main', *args, cwd=cwd)
+def bench_main(*args, cwd=None): return run_main('pttfs.bench', 'main', *args, cwd=cwd)
+
+def one_line_error(result, *words, code=2):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr[-2000:]
+    assert lines and all(w in lines[-1] for w in words), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+
+
+# 14. nbval compares every code cell, the ones that print nothing too
+def _nbval(tmp_path, cells):
+    "Run nbval with nbs/conftest.py on a notebook of (source, stored stdout or None) code cells, as nbdev_clean leaves it."
+    shutil.copy(ROOT / 'nbs' / 'conftest.py', tmp_path / 'conftest.py')
+    nb = nbformat.v4.new_notebook()
+    for source, stored in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.outputs = [] if stored is None else [nbformat.v4.new_output('stream', name='stdout', text=stored)]
+        nb.cells.append(cell)
+    nb.metadata['kernelspec'] = dict(name='python3', display_name='Python 3', language='python')
+    nbformat.write(nb, tmp_path / 'check.ipynb')
+    return subprocess.run([sys.executable, '-m', 'pytest', '-q', '--nbval', 'check.ipynb', '-p', 'no:cacheprovider'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+def test_a_lost_output_fails_nbval(tmp_path):
+    result = _nbval(tmp_path, [("x = 1", None), ("print('tensor([0.0707, 1.0000])')", None)])      # the output was emptied
+    assert result.returncode == 1 and '1 failed' in result.stdout, result.stdout[-2000:]
+
+def test_a_silent_cell_must_stay_silent(tmp_path):
+    result = _nbval(tmp_path, [("x = 1", None), ("print(x)", '1\n')])
+    assert result.returncode == 0 and '2 passed' in result.stdout, result.stdout[-2000:]
+    result = _nbval(tmp_path, [("x = 1; print('late')", None)])
+    assert result.returncode == 1, result.stdout[-2000:]
+
+def test_eval_false_cells_are_neither_run_nor_compared(tmp_path):
+    result = _nbval(tmp_path, [("#| eval: false\n# NBVAL_SKIP\nraise SystemExit('must not run')", None), ("print(2)", '2\n')])
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+# 1. the site build removes only what it wrote: a reader's files and folders survive every rebuild
+def _site_builder(tmp_path, monkeypatch):
+    import importlib.util
+    mathjax = tmp_path / 'mathjax-src'; (mathjax / 'config').mkdir(parents=True)
+    (mathjax / 'MathJax.js').write_text('//'); (mathjax / 'config' / 'TeX-AMS_CHTML-full.js').write_text('//')
+    monkeypatch.setenv('MATHJAX_DIR', str(mathjax))
+    spec = importlib.util.spec_from_file_location('site_builder', ROOT / '.ci' / 'site.py')
+    site = importlib.util.module_from_spec(spec); spec.loader.exec_module(site)
+    monkeypatch.setattr(site, 'chapters', lambda: [(ROOT / 'CONTRIBUTING.md', 'CONTRIBUTING.html')])   # one small page
+    return site
+
+def test_site_rebuilds_keep_a_readers_files_and_folders(tmp_path, monkeypatch):
+    site, out = _site_builder(tmp_path, monkeypatch), tmp_path / '_site'
+    site.build(out)
+    (out / 'my-notes.txt').write_text('mine'); (out / 'drafts').mkdir(); (out / 'mathjax' / 'mine').mkdir()
+    site.build(out); site.build(out)
+    assert (out / 'my-notes.txt').read_text() == 'mine' and (out / 'drafts').is_dir() and (out / 'mathjax' / 'mine').is_dir()
+    assert 'my-notes.txt' not in (out / site.MANIFEST).read_text()
+    assert (out / 'CONTRIBUTING.html').exists() and (out / 'mathjax' / 'MathJax.js').exists()
+
+def test_a_site_build_that_failed_partway_is_rebuilt(tmp_path, monkeypatch):
+    site, out = _site_builder(tmp_path, monkeypatch), tmp_path / '_site'
+    original = site.write_file
+    def failing(out_, name, write):
+        if name.endswith('.html'): raise OSError('disk full')
+        original(out_, name, write)
+    monkeypatch.setattr(site, 'write_file', failing)
+    with pytest.raises(OSError): site.build(out)
+    monkeypatch.setattr(site, 'write_file', original)
+    site.build(out)                                         # not refused as "not a site this script built"
+    assert (out / 'CONTRIBUTING.html').exists()
+
+def test_the_site_writes_through_no_link(tmp_path, monkeypatch):
+    site, out = _site_builder(tmp_path, monkeypatch), tmp_path / '_site'
+    site.build(out)
+    target = tmp_path / 'elsewhere.txt'; target.write_text('keep')
+    (out / 'book.css').unlink(); (out / 'book.css').symlink_to(target)     # a link where the build will write
+    manifest = (out / site.MANIFEST).read_text()
+    (out / site.MANIFEST).write_text(manifest.replace('book.css\n', ''))    # ... that the last build did not write
+    with pytest.raises(SystemExit, match='link'): site.build(out)
+    assert target.read_text() == 'keep'
+
+
+# 4. the review texts' writer deletes nothing it did not write
+def test_texts_write_keeps_a_file_without_a_notebook():
+    stray = ROOT / 'nbs' / 'text' / 'zz_my_notes.py'
+    stray.write_text('# my notes\n')
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / '.ci' / 'texts.py'), 'write'], capture_output=True, text=True)
+        assert result.returncode == 0 and stray.read_text() == '# my notes\n' and 'zz_my_notes.py' in result.stderr
+        check = subprocess.run([sys.executable, str(ROOT / '.ci' / 'texts.py'), 'check'], capture_output=True, text=True)
+        assert check.returncode == 1 and 'has no notebook' in check.stderr
+    finally: stray.unlink(missing_ok=True)
+
+
+# 2. a run writes no figure through a link
+def test_a_dangling_link_named_like_a_figure_refuses_the_run(tmp_path):
+    out, target = tmp_path / 'run', tmp_path / 'outside.png'
+    out.mkdir(); (out / 'accuracy.png').symlink_to(target)
+    result = train_main(*TINY, '--schedule', '1:1', '--out', str(out))
+    one_line_error(result, 'already holds a run', 'accuracy.png')
+    assert not target.exists()
+
+def test_figures_replace_a_link_instead_of_following_it(tmp_path):
+    from pttfs.train import plot_run
+    target = tmp_path / 'outside.png'
+    (tmp_path / 't_first.png').symlink_to(target)
+    history = [dict(epoch=1, T=1, test_accuracy=0.5, decisions=[dict(t=0, fraction=1.0, accuracy=0.5)])]
+    plot_run(str(tmp_path), history, dict(dataset='digits', schedule='1:1', t_first_histogram=[10], avg_timesteps=1.0, T=1))
+    assert not target.exists() and not (tmp_path / 't_first.png').is_symlink()
+
+
+# 3. pttfs-bench replaces no figure it did not write, and none without --overwrite
+def test_bench_refuses_existing_figures_before_any_work(tmp_path):
+    (tmp_path / 'b-train.png').write_bytes(b'\x89PNG a reader picture')
+    result = bench_main('--quick', '--no-network', '--modes', 'train', '--neurons', 'amos', '--out', str(tmp_path / 'b.json'))
+    one_line_error(result, 'b-train.png', 'exists')
+    result = bench_main('--quick', '--no-network', '--modes', 'train', '--neurons', 'amos', '--out', str(tmp_path / 'b.json'), '--overwrite')
+    one_line_error(result, 'b-train.png', 'not a figure')
+    assert (tmp_path / 'b-train.png').read_bytes() == b'\x89PNG a reader picture' and not (tmp_path / 'b.json').exists()
+
+
+# 13. small ones
+def test_eval_out_below_a_file_says_so(tmp_path):
+    (tmp_path / 'afile').write_text('x')
+    result = eval_main(str(tmp_path), '--out', str(tmp_path / 'afile' / 'x.json'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'File exists' not in result.stderr and 'is a file' in result.stderr.strip().splitlines()[-1], result.stderr
