@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PARALLEL_BACKENDS', 'BFLOAT16_BACKENDS', 'register_backend', 'choose_backend', 'backend_function', 'reads_bfloat16',
-           'amos_lif_parallel', 'fixed_tau_number', 'kernel_limits', 'flat_tau', 'compact_grad', 'reduce_tau_grad']
+           'amos_lif_parallel', 'kernel_limits', 'flat_tau', 'compact_grad', 'reduce_tau_grad']
 
 # %% ../nbs/05_backends.ipynb #35ad8c4a
 import warnings
@@ -132,16 +132,6 @@ def amos_lif_parallel(x: Tensor,  # input current X, shape [T, *] (time first)
     else: spikes, membrane = function(compute, tau, v_threshold, surrogate, force_last, return_membrane)
     if spikes.dtype == x.dtype: return spikes, (membrane if return_membrane else None)   # no no-op casts: ~1 µs
     return spikes.to(x.dtype), (membrane.to(x.dtype) if return_membrane else None)
-
-# %% ../nbs/05_backends.ipynb #ce2c8ab3
-def fixed_tau_number(neuron) -> float:
-    "`neuron.tau_fixed` as a number, read from the buffer only when it changed: `.item()` costs ~1 µs, and a sync on a GPU."
-    tau = neuron.tau_fixed
-    if tau.is_inference(): return tau.item()                    # made under inference_mode: no version counter
-    cached = neuron.__dict__.get('_tau_number')                 # (the buffer, its version, the number)
-    if cached is None or cached[0] is not tau or cached[1] != tau._version:   # replaced (.to, .double) or written in place
-        cached = neuron.__dict__['_tau_number'] = (tau, tau._version, tau.item())
-    return cached[2]
 
 # %% ../nbs/05_backends.ipynb #cdacf64c
 _SURROGATE_KIND = {Sigmoid: 0, ATan: 1}     # the surrogates whose Θ' the kernels compute themselves

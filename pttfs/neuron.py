@@ -16,7 +16,7 @@ from .charging import charge
 from .first_spike import fake_spikes, first_spike_index, spikes_from_index
 from .parallel import spatial_gradient, reverse_leaky_scan, _gather_time
 from .backends import amos_lif_parallel
-from .backends import PARALLEL_BACKENDS, fixed_tau_number
+from .backends import PARALLEL_BACKENDS
 
 # %% ../nbs/06_neuron.ipynb #f31a8151
 _NO_RESET = ("AMOSLIF fires at most once and is silent afterwards, so it never resets: {name}= has no meaning here; "
@@ -120,8 +120,12 @@ class AMOSLIF(nn.Module):
 # %% ../nbs/06_neuron.ipynb #da4ee30b
 @patch
 def _tau_for(self: AMOSLIF, x: Tensor):
-    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
-    if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
+    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value on the CPU: cheaper to check)."
+    if self.num_channels is None:
+        if self.learnable_tau: return self.tau
+        # Read afresh on every call: a cached number would miss writes through `.data` or a NumPy view. On a GPU the
+        # 0-d tensor itself, since `.item()` would wait for the device.
+        return self.tau_fixed.item() if self.tau_fixed.device.type == 'cpu' else self.tau_fixed
     if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
         raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
                          f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
@@ -139,6 +143,9 @@ def reset(self: AMOSLIF):
 def forward(self: AMOSLIF, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
             return_membrane: bool = None,  # override the constructor's `return_membrane`
            ):
+    if torch.jit.is_tracing() or torch.jit.is_scripting():     # the compiled kernels are opaque to TorchScript
+        raise RuntimeError("AMOSLIF cannot be traced or scripted by torch.jit (the trace would not run its kernels); "
+                           "use the module as it is, or torch.compile")
     want_membrane = self.return_membrane if return_membrane is None else return_membrane
     keep_v_seq = self.store_v_seq and self.step_mode == 'm'
     if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state

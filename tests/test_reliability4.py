@@ -141,3 +141,29 @@ def test_eval_out_below_a_file_says_so(tmp_path):
     result = eval_main(str(tmp_path), '--out', str(tmp_path / 'afile' / 'x.json'))
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert 'File exists' not in result.stderr and 'is a file' in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+# 5. τ written in any way, eager or compiled, is the τ the next call uses
+def test_tau_written_through_data_and_numpy_takes_effect():
+    from pttfs import AMOSLIF
+    torch.manual_seed(0); x = 1 + torch.randn(12, 3)
+    fresh = AMOSLIF(tau=100.0, step_mode='m')(x)
+    for write in (lambda t: t.data.fill_(100.0), lambda t: setattr(t, 'data', torch.tensor(100.0)), lambda t: t.numpy().fill(100.0)):
+        m = AMOSLIF(tau=2.0, step_mode='m'); m(x)
+        write(m.tau_fixed)
+        assert torch.equal(m(x), fresh)
+
+def test_tau_written_after_a_compiled_call_takes_effect():
+    from pttfs import AMOSLIF
+    torch.manual_seed(0); x = 1 + torch.randn(12, 3)
+    m = AMOSLIF(tau=2.0, step_mode='m'); m(x)                 # one eager call first, as in the report
+    compiled = torch.compile(m)
+    compiled(x)
+    with torch.no_grad(): m.tau_fixed.fill_(100.0)
+    assert torch.equal(compiled(x), AMOSLIF(tau=100.0, step_mode='m')(x))
+
+
+# 6. torch.jit.trace refuses in one line instead of returning uninitialised memory
+def test_jit_trace_refuses():
+    from pttfs import AMOSLIF
+    with pytest.raises(RuntimeError, match='cannot be traced'): torch.jit.trace(AMOSLIF(step_mode='m'), torch.rand(4, 3))

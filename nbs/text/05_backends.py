@@ -273,44 +273,6 @@ for backend in ('torch', 'auto'):
     rows.append(f"{backend:5} spikes {diff_bucket(s1, s2)}, membrane {diff_bucket(m1, m2)}, input gradient {diff_bucket(leaf.grad, flat.grad)}")
 print('\n'.join(rows))
 
-
-# %% [markdown]
-# ## The fixed τ as a number
-#
-# `AMOSLIF` (chapter 6) hands the backends a fixed τ as a Python number, which they check and use more cheaply than
-# a tensor. A fixed τ is read from its buffer as a number once and remembered until the buffer changes (a `.item()`
-# on every call costs a microsecond, and on a GPU a synchronisation). Loading a state dict or writing the buffer
-# in place must still take effect. Expected: fewer neurons reach the threshold once τ goes from 2 to 8 (the membrane charges more slowly), and every
-# later output matches a fresh neuron with the new τ:
-
-# %%
-#| export
-def fixed_tau_number(neuron) -> float:
-    "`neuron.tau_fixed` as a number, read from the buffer only when it changed: `.item()` costs ~1 µs, and a sync on a GPU."
-    tau = neuron.tau_fixed
-    if tau.is_inference(): return tau.item()                    # made under inference_mode: no version counter
-    cached = neuron.__dict__.get('_tau_number')                 # (the buffer, its version, the number)
-    if cached is None or cached[0] is not tau or cached[1] != tau._version:   # replaced (.to, .double) or written in place
-        cached = neuron.__dict__['_tau_number'] = (tau, tau._version, tau.item())
-    return cached[2]
-
-
-# %%
-from pttfs.neuron import AMOSLIF
-torch.manual_seed(0)
-x = 1 + torch.randn(16, 32)
-neuron, slow = AMOSLIF(tau=2.0, step_mode='m'), AMOSLIF(tau=8.0, step_mode='m')
-before = neuron(x)                                          # τ = 2 read and remembered
-neuron.load_state_dict(slow.state_dict())                   # copies 8 into the same buffer, in place
-after = neuron(x)
-print(f"neurons that fired in {len(x)} steps: tau=2 {before.sum():.0f} of 32, after loading tau=8 {after.sum():.0f} of 32")
-test_ne(before, after)
-test_eq(after, slow(x))
-with torch.no_grad(): neuron.tau_fixed.fill_(2.0)
-test_eq(neuron(x), before)
-test_eq(neuron.double()(x.double()), before.double())      # .double() makes a new buffer
-with torch.inference_mode(): test_eq(AMOSLIF(tau=8.0, step_mode='m')(x), after)   # a buffer made under inference_mode has no version
-
 # %% [markdown]
 # ## What the compiled kernels share
 #
@@ -377,8 +339,7 @@ test_eq(reduce_tau_grad(torch.ones(6), (2, 3), (3,)), torch.full((3,), 2.0))
 # ## Summary
 # `register_backend` adds an implementation of the neuron, `choose_backend` picks one per call (remembered for a
 # float τ), and `amos_lif_parallel`, the front door, checks its arguments, computes in at least float32 and calls
-# the chosen backend through `backend_function`. `fixed_tau_number` gives `AMOSLIF`'s fixed τ
-# as a number without a `.item()` per call. The compiled backends share the helpers above, and a new surrogate
+# the chosen backend through `backend_function`. The compiled backends share the helpers above, and a new surrogate
 # needs one entry in `_SURROGATE_KIND` and one branch in each kernel.
 
 # %% [markdown]

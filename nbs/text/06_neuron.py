@@ -21,7 +21,7 @@ from pttfs.charging import charge
 from pttfs.first_spike import fake_spikes, first_spike_index, spikes_from_index
 from pttfs.parallel import spatial_gradient, reverse_leaky_scan, _gather_time
 from pttfs.backends import amos_lif_parallel
-from pttfs.backends import PARALLEL_BACKENDS, fixed_tau_number
+from pttfs.backends import PARALLEL_BACKENDS
 
 # %%
 #| hide
@@ -175,14 +175,20 @@ class AMOSLIF(nn.Module):
 # %% [markdown]
 # The constructor only checks and stores; the module's work is in the methods below, attached to the class with
 # fastcore's `@patch` (nbdev's way to grow a class over several cells). `_tau_for` shapes τ to broadcast over the input (one number, or one value per channel along
-# `channel_dim`), and `reset` forgets the state a step-by-step run carries:
+# `channel_dim`), and `reset` forgets the state a step-by-step run carries. A fixed τ goes to the backends as a
+# Python number on the CPU (they check and use a number more cheaply than a tensor), read from the buffer on every
+# call: a remembered number would go stale whenever a user writes the buffer in a way no version counter sees.
 
 # %%
 #| export
 @patch
 def _tau_for(self: AMOSLIF, x: Tensor):
-    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value: cheaper to check)."
-    if self.num_channels is None: return self.tau if self.learnable_tau else fixed_tau_number(self)
+    "τ shaped to broadcast over one time step of x (a plain number when it is one fixed value on the CPU: cheaper to check)."
+    if self.num_channels is None:
+        if self.learnable_tau: return self.tau
+        # Read afresh on every call: a cached number would miss writes through `.data` or a NumPy view. On a GPU the
+        # 0-d tensor itself, since `.item()` would wait for the device.
+        return self.tau_fixed.item() if self.tau_fixed.device.type == 'cpu' else self.tau_fixed
     if x.dim() <= self.channel_dim or x.shape[self.channel_dim] != self.num_channels:
         raise ValueError(f"AMOSLIF(num_channels={self.num_channels}) expects input of shape [T, B, C, ...] with "
                          f"C = {self.num_channels} at dim {self.channel_dim}, got {tuple(x.shape)}")
@@ -207,6 +213,9 @@ def reset(self: AMOSLIF):
 def forward(self: AMOSLIF, x: Tensor,  # input current: [T, *] in step mode 'm', one step [*] in 's'
             return_membrane: bool = None,  # override the constructor's `return_membrane`
            ):
+    if torch.jit.is_tracing() or torch.jit.is_scripting():     # the compiled kernels are opaque to TorchScript
+        raise RuntimeError("AMOSLIF cannot be traced or scripted by torch.jit (the trace would not run its kernels); "
+                           "use the module as it is, or torch.compile")
     want_membrane = self.return_membrane if return_membrane is None else return_membrane
     keep_v_seq = self.store_v_seq and self.step_mode == 'm'
     if self.step_mode == 's':                                   # one step: a chunk of length 1 that carries state
@@ -231,6 +240,28 @@ def extra_repr(self: AMOSLIF) -> str:
             + (", stateful=True" if self.stateful else ''))
 
 
+
+# %% [markdown]
+# Every way of writing τ takes effect at the next call. Expected: fewer neurons reach the threshold once τ goes
+# from 2 to 8 (the membrane charges more slowly), and after each write the neuron matches a fresh one with that τ:
+
+# %%
+torch.manual_seed(0)
+x = 1 + torch.randn(16, 32)
+neuron, slow = AMOSLIF(tau=2.0, step_mode='m'), AMOSLIF(tau=8.0, step_mode='m')
+before = neuron(x)
+neuron.load_state_dict(slow.state_dict())                   # copies 8 into the same buffer, in place
+after = neuron(x)
+print(f"neurons that fired in {len(x)} steps: tau=2 {before.sum():.0f} of 32, after loading tau=8 {after.sum():.0f} of 32")
+test_ne(before, after); test_eq(after, slow(x))
+writes = {'fill_ under no_grad': lambda t: torch.no_grad()(t.fill_)(2.0), '.data.fill_': lambda t: t.data.fill_(2.0),
+          '.data = ...': lambda t: setattr(t, 'data', torch.tensor(2.0)), 'a NumPy view': lambda t: t.numpy().fill(2.0)}
+for how, write in writes.items():
+    neuron.load_state_dict(slow.state_dict()); test_eq(neuron(x), after)     # τ = 8, used once ...
+    write(neuron.tau_fixed)                                                  # ... then written back to 2
+    test_eq(neuron(x), before)
+test_eq(neuron.double()(x.double()), before.double())      # .double() makes a new buffer
+with torch.inference_mode(): test_eq(AMOSLIF(tau=8.0, step_mode='m')(x), after)
 
 # %%
 show_doc(AMOSLIF)
