@@ -130,7 +130,7 @@ def _run_model(run_dir: str, T: int = None, decoder_threshold: float = None) -> 
                        f"leave --decoder-threshold out")
     threshold = settings['decoder_threshold'] if decoder_threshold is None else decoder_threshold
     model = model_for({**settings, 'decoder_threshold': threshold})
-    if state.get('network', network_signature(model)) != network_signature(model):
+    if network_signature(state['model']) != network_signature(model.state_dict()):
         raise RunError(f"{path} holds another network than its settings describe (the file was edited)")
     try: model.load_state_dict(state['model'])
     except RuntimeError: raise RunError(f"{path} does not fit the network its settings describe") from None

@@ -167,3 +167,49 @@ def test_tau_written_after_a_compiled_call_takes_effect():
 def test_jit_trace_refuses():
     from pttfs import AMOSLIF
     with pytest.raises(RuntimeError, match='cannot be traced'): torch.jit.trace(AMOSLIF(step_mode='m'), torch.rand(4, 3))
+
+
+# 7. a flag that changes nothing for a configuration is refused for it
+@pytest.mark.parametrize('decoder', ['tsd', 'rate'])
+def test_output_force_last_is_refused_where_it_changes_nothing(decoder, tmp_path):
+    result = train_main(*TINY, '--schedule', '1:1', '--decoder', decoder, '--output-force-last', '--out', str(tmp_path / 'r'))
+    one_line_error(result, '--output-force-last changes nothing', decoder)
+    assert not (tmp_path / 'r').exists()
+
+def test_output_force_last_changes_the_twd_run(tmp_path):
+    from pttfs.train import parse_args
+    args = parse_args([*TINY, '--schedule', '1:1', '--decoder', 'twd', '--output-force-last', '--out', str(tmp_path / 'r')])
+    assert args.output_force_last
+
+
+# 9. runs made by earlier versions (a module class since renamed) still evaluate and resume
+@pytest.fixture(scope='module')
+def old_run(tmp_path_factory):
+    "A two-epoch run stopped after one, its checkpoint as versions 135637b..c0c3c14 wrote it (AvgPool2d, not AvgPool2x2)."
+    from pttfs.train import load_checkpoint, save_checkpoint
+    folder = tmp_path_factory.mktemp('old') / 'run'
+    assert train_main(*TINY, '--schedule', '1:2', '--stop-after', '1', '--out', str(folder)).returncode == 0
+    state = load_checkpoint(str(folder / 'last.pt'))
+    from pttfs.train import model_for
+    state['network'] = [f"{name}:{type(m).__name__}".replace('AvgPool2x2', 'AvgPool2d') for name, m in model_for(state['settings']).named_modules()]
+    assert any('AvgPool2d' in entry for entry in state['network'])
+    save_checkpoint(str(folder), state)
+    return folder
+
+def test_an_older_run_evaluates(old_run, tmp_path):
+    result = eval_main(str(old_run), '--out', str(tmp_path / 'e.json'))
+    assert result.returncode == 0, result.stderr[-1500:]
+
+def test_an_older_run_resumes(old_run, tmp_path):
+    folder = tmp_path / 'r'; shutil.copytree(old_run, folder)
+    result = train_main(*TINY, '--schedule', '1:2', '--out', str(folder), '--resume')
+    assert result.returncode == 0, result.stderr[-1500:]
+
+def test_a_checkpoint_with_other_shapes_is_still_refused(old_run, tmp_path):
+    from pttfs.train import load_checkpoint, save_checkpoint
+    folder = tmp_path / 'r'; shutil.copytree(old_run, folder)
+    state = load_checkpoint(str(folder / 'last.pt'))
+    name = next(k for k in state['model'] if k.endswith('weight'))
+    state['model'][name] = torch.cat([state['model'][name], state['model'][name]])
+    save_checkpoint(str(folder), state)
+    one_line_error(eval_main(str(folder), '--out', str(tmp_path / 'e.json')), 'another network')

@@ -680,9 +680,9 @@ def model_for(settings: dict, backend: str = 'auto'):
                        output_force_last=s['output_force_last'])
 
 
-def network_signature(model: nn.Module) -> list:
-    "Every module's name and class: stored in a checkpoint, so that settings that describe another network are caught."
-    return [f"{name}:{type(module).__name__}" for name, module in model.named_modules()]
+def network_signature(weights: dict) -> list:
+    "Every tensor's name and shape in a state dict: what loading needs (a class a later version renames still loads)."
+    return [f"{name}:{tuple(t.shape)}" for name, t in weights.items() if isinstance(t, Tensor)]
 
 
 # %%
@@ -763,7 +763,8 @@ def _build_parser() -> OneLineParser:
                    help="hidden neurons: AMOS LIF, or a SpikingJelly baseline (needs pttfs[baselines]): LIF with its defaults, "
                    "LIF as the PSN paper's code configures it (lif-psnpaper), or PSN")
     p.add_argument('--decoder', default=None, choices=list(DECODERS), help="default: tsd; rate for the baselines")
-    p.add_argument('--output-force-last', action='store_true', help="Eq. 7 in the output layer only: silent neurons fire at T-1")
+    p.add_argument('--output-force-last', action='store_true', help="Eq. 7 in the output layer only: silent neurons fire at T-1 "
+                   "(for --decoder twd or tq-ttfs; the others read membranes, which it does not change)")
     p.add_argument('--channels', type=int, default=None, help="C: 32 for the SCNN, 256 for the CIFAR net by default")
     p.add_argument('--hidden', type=int, default=256, help="SCNN: neurons in the last hidden layer")
     p.add_argument('--convs-per-block', type=int, default=1, help="SCNN: Conv-BN-neuron layers before each of its two poolings")
@@ -833,6 +834,9 @@ def check_args(p: OneLineParser, args):
     if args.threads is not None and not 1 <= args.threads <= 1024: p.error(f"--threads must be in 1..1024, got {args.threads}")
     if args.augment and args.dataset == 'digits':
         p.error("--augment: digits has no augmentation (8x8 images, no crops defined); leave --augment out")
+    if args.output_force_last and args.neuron == 'amos' and args.decoder in ('tsd', 'rate') and not p.raising:    # (a stored run is not refused for it)
+        p.error(f"--output-force-last changes nothing for --decoder {args.decoder}: it reads the output membranes (at t_1st, "
+                f"or over all steps), which Eq. 7 does not touch; it is for the spike-time decoders twd and tq-ttfs")
     if args.neuron != 'amos':
         if args.decoder != 'rate': p.error(f"--neuron {args.neuron} fires many times, so it decodes by rate: --decoder rate, not {args.decoder}")
         if args.output_force_last: p.error(f"--output-force-last is for AMOS output neurons; --neuron {args.neuron} reads out by a linear layer")
@@ -1112,7 +1116,7 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
         def factor(step: int) -> float: return factors[min(step, len(factors) - 1)]   # the step after the last one too
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if state is not None:
-        if state.get('network', network_signature(model)) != network_signature(model):
+        if network_signature(state['model']) != network_signature(model.state_dict()):
             raise RunError(f"--resume: {args.out}/last.pt holds another network than its settings describe")
         try:
             model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
@@ -1141,7 +1145,7 @@ def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int
     "Everything `--resume` needs to continue after `epochs_done` epochs exactly as an uninterrupted run would."
     return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 history=history, settings=settings, epochs_done=epochs_done, rng=_rng_state(), world_size=world_size,
-                wall_seconds=wall_seconds, network=network_signature(model))
+                wall_seconds=wall_seconds, network=network_signature(model.state_dict()))
 
 
 

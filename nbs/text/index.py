@@ -203,8 +203,8 @@ for name, what in (('t1', 'T = 1 only'), ('inc', 'incremental 1:6,2:2,4:2'), ('i
 # in float32. A NaN or an infinity in one neuron's input spoils that neuron only. Ties, where $H[t]$ lands exactly on
 # $V_{th}$: the fused CPU kernel repeats the loop's arithmetic step for step (compiled without floating-point
 # contraction), so its spikes are the reference's bit for bit there too; the time-parallel `'torch'` scan adds in
-# another order, so where $H$ is within a rounding of $V_{th}$ its spike can differ from the loop's (chapter 7
-# counts such cases). `v_threshold` may be a number or a tensor (one per neuron, or one that requires grad: backend
+# another order, so where $H$ is within a rounding of $V_{th}$ its spike can differ from the loop's, and at long T with
+# a large τ, where the membrane creeps along $V_{th}$ for many steps, by several steps (chapter 7 shows both). `v_threshold` may be a number or a tensor (one per neuron, or one that requires grad: backend
 # `'torch'`); `AMOSLIF(learnable_threshold=True)` learns it.
 #
 # ## What a run folder guarantees
