@@ -61,7 +61,11 @@ def _initial_tau(tau, v_threshold, surrogate, force_last: bool, num_channels) ->
         initial = tau.detach().to(torch.get_default_dtype()).clone()
     else:
         check_neuron_args(torch.zeros(1), tau, v_threshold, surrogate, force_last)
-        initial = torch.full(() if num_channels is None else (num_channels,), float(tau))
+        initial = torch.full(() if num_channels is None else (num_channels,), float(tau), dtype=torch.float64)
+        initial = initial.to(torch.get_default_dtype())                 # rounded (or overflowed) as the module stores it
+    if not (torch.isfinite(initial).all() and (initial > 1).all()):      # 1e39 overflows float32, 1.00000001 rounds to 1
+        raise ValueError(f"tau={tau} is not a finite number > 1 once stored in {initial.dtype} (the module's dtype): "
+                         f"in float32, use 1 + 1e-6 < tau < 3e38")
     return initial, num_channels, v_threshold
 
 # %% ../nbs/06_neuron.ipynb #ef984d5d

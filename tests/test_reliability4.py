@@ -213,3 +213,64 @@ def test_a_checkpoint_with_other_shapes_is_still_refused(old_run, tmp_path):
     state['model'][name] = torch.cat([state['model'][name], state['model'][name]])
     save_checkpoint(str(folder), state)
     one_line_error(eval_main(str(folder), '--out', str(tmp_path / 'e.json')), 'another network')
+
+
+# 10. two plain runs started in the same second get two folders
+def test_default_folders_are_taken_atomically(tmp_path, monkeypatch):
+    from pttfs.train import new_run_folder
+    monkeypatch.setattr('time.strftime', lambda fmt: '20260101-000000')       # the same second for both
+    first = new_run_folder('digits', str(tmp_path / 'runs'), make=True)
+    second = new_run_folder('digits', str(tmp_path / 'runs'), make=True)
+    assert first != second and os.path.isdir(first) and os.path.isdir(second) and second.endswith('-2')
+
+def test_two_plain_runs_in_one_second_both_run(tmp_path, monkeypatch):
+    monkeypatch.setattr('time.strftime', lambda fmt: '20260101-000000')
+    for _ in range(2):
+        result = train_main(*TINY, '--schedule', '1:1', cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-1500:]
+    assert sorted(os.listdir(tmp_path / 'runs')) == ['digits-20260101-000000', 'digits-20260101-000000-2']
+
+
+# 11. a τ that float32 cannot hold is one line, not a traceback
+@pytest.mark.parametrize('tau', ['1e39', '1.00000001'])
+def test_tau_beyond_float32_is_refused(tau, tmp_path):
+    one_line_error(train_main(*TINY, '--tau', tau, '--out', str(tmp_path / 'r')), '--tau')
+    from pttfs import AMOSLIF
+    with pytest.raises(ValueError, match='float32'): AMOSLIF(tau=float(tau))
+
+
+# 12. pttfs-bench: nothing to measure, a network no machine holds, and --quick with explicit sizes are refused
+@pytest.mark.parametrize('flags, words', [
+    (['--T', '1073741824', '--N', '1024', '--no-network'], ['--max-elements']),
+    (['--network-T', '1099511627776', '--neurons', 'amos'], ['--network-T']),
+    (['--quick', '--N', '16', '--T', '4'], ['--quick', '--N', '--T'])])
+def test_bench_refuses_what_it_cannot_measure(flags, words, tmp_path):
+    one_line_error(bench_main(*flags, '--out', str(tmp_path / 'b.json')), *words)
+    assert not os.listdir(tmp_path)
+
+def test_bench_without_spikingjelly_refuses_the_comparison(tmp_path):
+    code = ("import sys; sys.modules['spikingjelly'] = None\nfrom pttfs.bench import main\n"
+            f"main(['--quick', '--no-network', '--out', {str(tmp_path / 'b.json')!r}])")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    one_line_error(result, 'SpikingJelly', '--neurons amos')
+
+
+# 13. the smaller ones
+def test_a_summary_that_is_a_folder_is_named_not_hidden(run_dir_factory):
+    folder = run_dir_factory()
+    (folder / 'summary.json').unlink(); (folder / 'summary.json').mkdir()
+    result = train_main(*TINY, '--schedule', '1:1', '--out', str(folder), '--resume')
+    one_line_error(result, 'summary.json', 'remove it')
+    assert 'nothing is saved' not in result.stderr
+
+@pytest.fixture
+def run_dir_factory(tmp_path):
+    def make():
+        folder = tmp_path / 'run'
+        assert train_main(*TINY, '--schedule', '1:1', '--out', str(folder)).returncode == 0
+        return folder
+    return make
+
+@pytest.mark.parametrize('value', ['-1e30', '-1', '0'])
+def test_a_negative_decoder_threshold_is_read_as_a_number_and_refused(value, tmp_path):
+    one_line_error(train_main(*TINY, '--decoder-threshold', value, '--out', str(tmp_path / 'r')), '--decoder-threshold', 'must be')

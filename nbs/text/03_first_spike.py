@@ -87,7 +87,8 @@ def first_spike_index(fake: Tensor,  # bool fake spikes S̃, shape [T, *]
                      ) -> Tensor:  # int64, shape fake.shape[1:]: t_f, or T where S̃ is all 0
     "t_f, the first t with S̃[t] = 1 (Eq. 9), as T − max_t (T − t)·S̃[t]; T for a neuron without any crossing."
     T = fake.shape[0]
-    weight = torch.arange(T, 0, -1, dtype=torch.int16 if T < 2**15 else torch.int32, device=fake.device)
+    kind = torch.int16 if T < 2**15 else torch.int32 if T < 2**31 else torch.int64     # T − t must fit: no wrap-around
+    weight = torch.arange(T, 0, -1, dtype=kind, device=fake.device)
     return T - (fake * weight.view(T, *([1] * (fake.dim() - 1)))).amax(dim=0).long()
 
 

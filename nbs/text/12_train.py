@@ -318,7 +318,8 @@ test_eq(bool(((soft > 0).sum(1) <= 2).all()), True)
 # in a copy is refused on `--resume` rather than resumed. A checkpoint is read back with
 # `torch.load(weights_only=True)`: tensors and plain Python values only, so a planted file cannot run code when it
 # is opened; its settings then go through the command line's own checks (`checked_settings`, below), and the
-# network they describe must be the one stored (`network_signature`).
+# network they describe must have the stored weights' names and shapes (`network_signature`): what loading needs,
+# so that a module class renamed by a later version does not lock out runs made before it.
 
 # %%
 #| export
@@ -691,6 +692,11 @@ class OneLineParser(argparse.ArgumentParser):
     "argparse, but an error is one line that names the flag (no usage block), and exit code 2; or a RunError if `raising`."
     raising = False                                   # True while checking settings read from a checkpoint
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse reads '-1e30' as an unknown flag (its pattern knows '-1' and '-.5' only): a number in any float form
+        self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$|^-inf$|^-nan$', re.I)
+
     def error(self, message):
         if self.raising: raise RunError(message)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -721,12 +727,19 @@ def check_device(p: argparse.ArgumentParser, name: str) -> torch.device:
     return device
 
 
-def new_run_folder(dataset: str, root: str = 'runs') -> str:
+def new_run_folder(dataset: str, root: str = 'runs',
+                   make: bool = False,  # make it too: taken atomically, so two runs started in one second get two folders
+                  ) -> str:
     "runs/DATASET-YYYYmmdd-HHMMSS (then -2, -3, ... if taken): a second plain run never meets the first's folder."
     base = os.path.join(root, f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     path, n = base, 1
-    while os.path.exists(path): n, path = n + 1, f"{base}-{n + 1}"
-    return path
+    while True:
+        if not make and not os.path.lexists(path): return path
+        if make:
+            os.makedirs(root, exist_ok=True)
+            try: os.mkdir(path); return path
+            except FileExistsError: pass
+        n, path = n + 1, f"{base}-{n + 1}"
 
 
 # %%
@@ -820,7 +833,8 @@ def check_args(p: OneLineParser, args):
     for flag in ('channels', 'hidden', 'convs_per_block', 'train_subset', 'stop_after'):
         value = getattr(args, flag)
         if value is not None and value < 1: p.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if not (math.isfinite(args.tau) and args.tau > 1): p.error(f"--tau must be a number > 1, got {args.tau}")
+    tau32 = torch.tensor(args.tau, dtype=torch.float32).item() if math.isfinite(args.tau) else args.tau   # the neurons' dtype
+    if not (math.isfinite(tau32) and tau32 > 1): p.error(f"--tau must be a number > 1 that float32 holds (1 + 1e-6 < tau < 3e38), got {args.tau}")
     if args.stage_thresholds is not None:
         try: args.epoch_thresholds = stage_thresholds(args.stage_thresholds, args.stages)
         except ValueError as e: p.error(f"--stage-thresholds: {e}")
@@ -829,7 +843,8 @@ def check_args(p: OneLineParser, args):
             p.error(f"--decoder-threshold {args.decoder_threshold:g} differs from the last of --stage-thresholds "
                     f"({args.epoch_thresholds[-1]:g}), which the network keeps; leave --decoder-threshold out")
     if args.decoder_threshold is None: args.decoder_threshold = 1.0
-    if not math.isfinite(args.decoder_threshold): p.error(f"--decoder-threshold must be a finite number, got {args.decoder_threshold}")
+    if not (math.isfinite(args.decoder_threshold) and args.decoder_threshold > 0):
+        p.error(f"--decoder-threshold must be a finite number > 0, got {args.decoder_threshold}")
     if args.workers < 0: p.error(f"--workers must be >= 0, got {args.workers}")
     if args.threads is not None and not 1 <= args.threads <= 1024: p.error(f"--threads must be in 1..1024, got {args.threads}")
     if args.augment and args.dataset == 'digits':
@@ -1043,9 +1058,13 @@ def train(args) -> dict:
             raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
         chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_subset]
         train_set = train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
+    made_here = getattr(args, 'default_out', False) and rank == 0
+    if made_here:                                     # taken now, not when the flags were read: no other run can take it
+        args.out = new_run_folder(args.dataset, os.path.dirname(args.out), make=True)
+        print(f"pttfs-train: the run's folder is {args.out}", file=sys.stderr)
     folder, failure = RunFolder(args.out), None
     if rank == 0:                                     # one process holds the folder; all stop if it cannot
-        try: folder.open(resume=args.resume)
+        try: folder.open(resume=args.resume); folder.created = folder.created or made_here
         except RunError as e: failure = e
     if _all_sum([float(failure is not None)], device)[0]:
         raise failure or RunError(f"process 0 could not open {args.out}")
@@ -1074,8 +1093,9 @@ def _finished_run(args, state: dict, total: int) -> dict:
     what = (f"is finished ({done} of {total} epochs)" if done == total else f"already has {done} epochs (--stop-after {args.stop_after})")
     try:
         with open(path) as f: summary = json.load(f)
-    except ValueError:
-        raise RunError(f"{path} is damaged (not JSON): remove it and run --resume again, which writes it anew from last.pt") from None
+    except (ValueError, IsADirectoryError):
+        raise RunError(f"{path} is damaged (not a JSON file): remove it and run --resume again, which writes it anew from "
+                       f"last.pt ({done} epochs)") from None
     repaired = _repair_run_files(args.out, state['history'], summary)
     print(f"pttfs-train: {args.out} {what}; " + (f"rewrote {', '.join(repaired)}" if repaired else "left as it is"), file=sys.stderr)
     return summary
@@ -1155,6 +1175,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     from tqdm import tqdm
     start = time.time()
     state = _load_resume_state(args) if args.resume else None
+    if state is not None: args.epochs_saved = state['epochs_done']      # what an error message can say is safe
     epochs = epoch_stages(args.stages)
     last_epoch = len(epochs) if args.stop_after is None else min(len(epochs), args.stop_after)
     if state is not None and state['epochs_done'] >= last_epoch:    # nothing to train: never go back, never rewrite
@@ -1319,7 +1340,6 @@ def main(argv=None):
     args.epoch_lines = not sys.stderr.isatty()       # a log file, nohup or CI: one line per epoch instead of bars
     threads_before = torch.get_num_threads()
     if args.threads: torch.set_num_threads(args.threads)   # on a shared machine, --threads 1 (benchmarks/threads.txt)
-    if getattr(args, 'default_out', False): print(f"pttfs-train: the run's folder is {args.out}", file=sys.stderr)
     try: summary = train(args)
     except RunError as e:
         print(f"pttfs-train: error: {e}", file=sys.stderr)

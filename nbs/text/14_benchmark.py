@@ -24,7 +24,8 @@ import torch
 from torch import nn, Tensor
 from pttfs.neuron import AMOSLIF
 from pttfs.models import cifar_net
-from pttfs.train import OneLineParser, atomic_write, check_device, default_device, check_out_file, describe_machine, check_figure_files, save_figure
+from pttfs.train import (OneLineParser, HelpFormatter, atomic_write, check_device, default_device, check_out_file,
+                         describe_machine, check_figure_files, save_figure)
 
 # %%
 #| hide
@@ -437,29 +438,57 @@ def _int_list(text: str) -> list:
 
 # %%
 #| export
-def parse_args(argv=None):
-    p = OneLineParser(prog='pttfs-bench', description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
+_BENCH_EXAMPLES = """examples:
+  pttfs-bench --quick --out quick.json                      a small sweep (about a minute), figures beside quick.json
+  pttfs-bench --N 2^14 --T 4,64 --modes train --out b.json  one neuron count, two T, training only
+  pttfs-bench --neurons amos --no-network --out ours.json   our neuron alone (no SpikingJelly needed)"""
+QUICK = dict(N=[2**10, 2**12], T=[4, 16], repeats=3, warmup=1, network_C=8, network_B=[2])   # what --quick sets
+_SIZE_DEFAULTS = dict(N=[2**10, 2**14, 2**18], T=[4, 16, 64, 256], repeats=15, warmup=3, network_C=32, network_B=[16])
+MAX_NETWORK_ELEMENTS = 2**32      # T·B·C·32·32 of one layer's activations: far beyond any machine's patience
+
+
+def _bench_parser() -> OneLineParser:
+    p = OneLineParser(prog='pttfs-bench', formatter_class=HelpFormatter, epilog=_BENCH_EXAMPLES,
+                      description="Time the AMOS LIF neuron against SpikingJelly's LIF and PSN (Figs. 3-4).")
     p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N")
-    p.add_argument('--N', type=_int_list, default=[2**10, 2**14, 2**18], help="neuron counts, e.g. 2^10,2^14,2^18")
-    p.add_argument('--T', type=_int_list, default=[4, 16, 64, 256], help="time steps, e.g. 4,16,64,256")
-    p.add_argument('--modes', default='train,inference')
-    p.add_argument('--neurons', default='amos,sj-lif,sj-psn', help=f"comma-separated, from {','.join(NEURONS)}")
+    p.add_argument('--N', type=_int_list, default=None, help="neuron counts, e.g. 2^10,2^14,2^18 (default: 2^10,2^14,2^18)")
+    p.add_argument('--T', type=_int_list, default=None, help="time steps, e.g. 4,16,64,256 (default: 4,16,64,256)")
+    p.add_argument('--modes', default='train,inference', help="train (forward and backward of a loss) and/or inference (forward "
+                   "without gradients)")
+    p.add_argument('--neurons', default='amos,sj-lif,sj-psn', help=f"comma-separated, from {','.join(NEURONS)}; the sj- ones "
+                   "need SpikingJelly")
     p.add_argument('--network-T', type=_int_list, default=[4], help="time steps of the full-network benchmark")
-    p.add_argument('--network-B', type=_int_list, default=[16], help="batch sizes of the full-network benchmark")
-    p.add_argument('--network-C', type=int, default=32, help="channels C of the CIFAR net (the paper: 256)")
+    p.add_argument('--network-B', type=_int_list, default=None, help="batch sizes of the full-network benchmark (default: 16)")
+    p.add_argument('--network-C', type=int, default=None, help="channels C of the CIFAR net (default: 32; the paper: 256)")
     p.add_argument('--no-network', action='store_true', help="skip the full-network benchmark")
-    p.add_argument('--repeats', type=int, default=15)
-    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=None, help="timed repetitions per point, after the warm-up (default: 15)")
+    p.add_argument('--warmup', type=int, default=None, help="untimed calls per point first (default: 3)")
     p.add_argument('--rounds', type=int, default=1, help="measure each point's neurons in turn this many times (median)")
     p.add_argument('--max-elements', type=int, default=2**26, help="skip isolated points with T*N above this")
     p.add_argument('--peak-memory', action='store_true', help="after the timings, record each isolated step's peak memory (CPU: a process per measurement, ~3 s each)")
-    p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats")
+    p.add_argument('--quick', action='store_true', help="a small sweep: N=2^10,2^12; T=4,16; 3 repeats (with none of those flags)")
     p.add_argument('--out', default='bench.json', help="the JSON file to write (figures go next to it); never replaced "
                    "unless --overwrite")
     p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-bench output")
+    return p
+
+
+def parse_args(argv=None):
+    "`pttfs-bench`'s flags, checked before any work: a bad one is one line and exit code 2."
+    p = _bench_parser()
     args = p.parse_args(argv)
+    given = [k for k in QUICK if getattr(args, k) is not None]
+    if args.quick and given:
+        p.error(f"--quick sets {', '.join('--' + k.replace('_', '-') for k in QUICK)}; leave out "
+                f"{', '.join('--' + k.replace('_', '-') for k in given)}, or drop --quick")
+    for key, value in (QUICK if args.quick else _SIZE_DEFAULTS).items():
+        if getattr(args, key) is None: setattr(args, key, value)
     for name in args.neurons.split(','):
         if name not in NEURONS: p.error(f"--neurons: unknown neuron {name!r}; choose from {', '.join(NEURONS)}")
+    if any(name.startswith('sj-') for name in args.neurons.split(',')):
+        try: import spikingjelly  # noqa: F401
+        except ImportError: p.error("--neurons: sj-lif and sj-psn need SpikingJelly (pip install \"pttfs[bench]\"); "
+                                    "to time our neuron alone, pass --neurons amos")
     for mode in args.modes.split(','):
         if mode not in ('train', 'inference'): p.error(f"--modes: unknown mode {mode!r}; choose from train, inference")
     if args.repeats < 1: p.error("--repeats must be at least 1")
@@ -467,11 +496,17 @@ def parse_args(argv=None):
     if args.warmup < 0: p.error("--warmup must be at least 0")
     if args.network_C < 1: p.error("--network-C must be positive")
     if args.max_elements < 1: p.error("--max-elements must be positive")
+    if all(T * N > args.max_elements for T in args.T for N in args.N):
+        p.error(f"every --T × --N point is above --max-elements {args.max_elements}: nothing would be measured")
+    if not args.no_network:
+        largest = max(args.network_T) * max(args.network_B) * args.network_C * 32 * 32
+        if largest > MAX_NETWORK_ELEMENTS:
+            p.error(f"--network-T × --network-B × --network-C × 32 × 32 reaches {largest:.3g} values per layer, above "
+                    f"{MAX_NETWORK_ELEMENTS:.3g}: choose smaller values, or --no-network")
     check_device(p, args.device)
     args.out = check_out_file(p, args.out, args.overwrite)
     stem, modes = os.path.splitext(args.out)[0], args.modes.split(',')          # the figures beside it: checked now too
     check_figure_files(p, [f"{stem}-{part}{mode}.png" for part in ('', 'network-') for mode in modes], args.overwrite)
-    if args.quick: args.N, args.T, args.repeats, args.warmup, args.network_C, args.network_B = [2**10, 2**12], [4, 16], 3, 1, 8, [2]
     return args
 
 
@@ -532,7 +567,7 @@ def run(args) -> dict:
 import tempfile
 from pathlib import Path
 with tempfile.TemporaryDirectory() as tmp:
-    main(['--quick', '--neurons', 'amos,amos-torch', '--no-network', '--repeats', '2', '--out', f'{tmp}/quick.json'])
+    main(['--N', '2^10,2^12', '--T', '4,16', '--warmup', '1', '--neurons', 'amos,amos-torch', '--no-network', '--repeats', '2', '--out', f'{tmp}/quick.json'])
     test_eq(sorted(os.listdir(tmp)), ['quick-inference.png', 'quick-train.png', 'quick.json'])
     result = json.loads(Path(tmp, 'quick.json').read_text())
 test_eq({r['neuron'] for r in result['isolated']}, {'amos', 'amos-torch'})
