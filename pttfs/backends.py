@@ -17,7 +17,6 @@ from .parallel import AMOSLIFFunction
 # %% ../nbs/05_backends.ipynb #03b77c80
 PARALLEL_BACKENDS = {}  # name -> (function, supports, devices); 'auto' tries them newest first
 _remembered_choices = {}  # for a float τ: (device type, dtype, T ≥ 2^31, surrogate type, backend) -> backend name
-_warned_fallback = set()  # backends whose failed build has been reported
 BFLOAT16_BACKENDS = set()  # backends that read and write bfloat16 themselves (computing in float32) for spikes-only calls
 
 def register_backend(name: str,  # the name users pass as `backend=`
@@ -52,9 +51,8 @@ def _choose_backend(x: Tensor, tau, surrogate, backend: str) -> str:
         reason = PARALLEL_BACKENDS[backend][1](x, tau, surrogate)
         if not reason: return backend
         if not reason.startswith('unavailable'): raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
-        if backend not in _warned_fallback:       # a backend that failed to build falls back, said once
-            _warned_fallback.add(backend)
-            warnings.warn(f"pttfs: backend {backend!r} is {reason}; falling back to the next available backend")
+        raise RuntimeError(f"backend {backend!r} was asked for by name and is {reason}; pass backend='auto' to fall "
+                           f"back to the next available backend")
     for name in reversed(PARALLEL_BACKENDS):
         _, supports, devices = PARALLEL_BACKENDS[name]
         if (devices is None or x.device.type in devices) and not supports(x, tau, surrogate): return name

@@ -156,7 +156,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")
     if test_set is None:
         try: test_set = load_dataset(settings['dataset'], data_dir, train=False)
-        except FileNotFoundError as e: raise RunError(str(e)) from None
+        except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None
     decisions, corrects, predictions, to_decision, all_steps, computed = [], [], [], {}, {}, 0
     per_step = []
     hooks = spike_recorder(model, per_step)
@@ -208,11 +208,17 @@ def eval_main(argv=None):
     args = p.parse_args(argv)
     if args.T is not None and not 1 <= args.T <= MAX_T: p.error(f"--T must be in 1..{MAX_T}, got {args.T}")
     if not 1 <= args.batch_size <= MAX_BATCH: p.error(f"--batch-size must be in 1..{MAX_BATCH}, got {args.batch_size}")
-    if args.decoder_threshold is not None and not math.isfinite(args.decoder_threshold):
-        p.error(f"--decoder-threshold must be a finite number, got {args.decoder_threshold}")
+    if args.decoder_threshold is not None and not (math.isfinite(args.decoder_threshold) and args.decoder_threshold > 0):
+        p.error(f"--decoder-threshold must be a finite number > 0, got {args.decoder_threshold}")
     check_device(p, args.device)
     if not os.path.isdir(args.run_dir): p.error(f"{args.run_dir}: no such run folder")   # before --out's folder is made
-    out = check_out_file(p, args.out or os.path.join(args.run_dir, 'eval.json'), args.overwrite,   # before any work
+    default = os.path.join(args.run_dir, 'eval.json')
+    if args.out is None and os.path.lexists(default) and not args.overwrite:       # a second evaluation: say where it can go
+        name = 'eval' + (f"-T{args.T}" if args.T else '') + (f"-vth{args.decoder_threshold:g}" if args.decoder_threshold else '') \
+               + ('-full' if args.full else '') + '.json'
+        p.error(f"{default} exists (an earlier evaluation); write this one beside it with --out "
+                f"{os.path.join(args.run_dir, name if name != 'eval.json' else 'eval-2.json')}, or replace it with --overwrite")
+    out = check_out_file(p, args.out or default, args.overwrite,   # before any work
                          own=('run_dir', 'mode', 'test_accuracy'))
     try:
         result = evaluate_run(args.run_dir, args.T, args.decoder_threshold, args.full, args.batch_size, args.data_dir,

@@ -42,7 +42,6 @@ from nbdev.showdoc import show_doc
 #| export
 PARALLEL_BACKENDS = {}  # name -> (function, supports, devices); 'auto' tries them newest first
 _remembered_choices = {}  # for a float τ: (device type, dtype, T ≥ 2^31, surrogate type, backend) -> backend name
-_warned_fallback = set()  # backends whose failed build has been reported
 BFLOAT16_BACKENDS = set()  # backends that read and write bfloat16 themselves (computing in float32) for spikes-only calls
 
 def register_backend(name: str,  # the name users pass as `backend=`
@@ -63,9 +62,9 @@ def register_backend(name: str,  # the name users pass as `backend=`
 # ## Choosing
 #
 # `'auto'` takes the most recently registered backend that can run the call on its own devices, so a CPU tensor
-# gets the fused kernel when it built and `'torch'` otherwise. A backend asked for by name runs if it can; if it
-# cannot run this call (a dtype it does not take, say) that is an error, but if it failed to *build* (no compiler)
-# the call falls back to the next available backend, with one warning.
+# gets the fused kernel when it built and `'torch'` otherwise. A backend asked for by name runs, or the call is an
+# error that says why: a dtype it does not take, or a build that failed (no compiler). Only `'auto'` falls back, to
+# the next available backend, with one warning from the backend that could not be built.
 #
 # With a single float τ the answer depends only on the input's device, dtype and length and on the surrogate's
 # type, so it is worked out once per such combination and remembered: a neuron layer is called thousands of times
@@ -92,9 +91,8 @@ def _choose_backend(x: Tensor, tau, surrogate, backend: str) -> str:
         reason = PARALLEL_BACKENDS[backend][1](x, tau, surrogate)
         if not reason: return backend
         if not reason.startswith('unavailable'): raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
-        if backend not in _warned_fallback:       # a backend that failed to build falls back, said once
-            _warned_fallback.add(backend)
-            warnings.warn(f"pttfs: backend {backend!r} is {reason}; falling back to the next available backend")
+        raise RuntimeError(f"backend {backend!r} was asked for by name and is {reason}; pass backend='auto' to fall "
+                           f"back to the next available backend")
     for name in reversed(PARALLEL_BACKENDS):
         _, supports, devices = PARALLEL_BACKENDS[name]
         if (devices is None or x.device.type in devices) and not supports(x, tau, surrogate): return name

@@ -15,7 +15,10 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
+import subprocess
 import sys
+import time
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -153,7 +156,7 @@ test_fail(lambda: kernel_excerpt('no_such_function'), exc=ValueError, contains='
 # -ffp-contract=off: GCC would fuse (1 - 1/τ)·h + x/τ into one multiply-add, whose single rounding differs from
 # the loop's two; where H lands exactly on V_th, that last bit decides the spike.
 _FLAG_SETS = tuple([*flags, '-ffp-contract=off'] for flags in (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3']))
-_state = {'extension': None, 'error': None}
+_state = {'extension': None, 'error': None, 'build_seconds': 0.0}
 
 def _cpu_signature() -> str:
     "The machine and its CPU feature flags: part of the build's name."
@@ -163,6 +166,14 @@ def _cpu_signature() -> str:
             flags = next((line for line in f if line.startswith(('flags', 'Features'))), '')
     except OSError: pass
     return platform.machine() + flags
+
+
+def _compiler_problem() -> str:
+    "'' if the C++ compiler the build would use runs, else why not: a build that cannot start is not announced."
+    command = shlex.split(os.environ.get('CXX', 'c++')) or ['c++']
+    try: ran = subprocess.run([*command, '--version'], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e: return f"no C++ compiler ({' '.join(command)}: {type(e).__name__})"
+    return '' if ran.returncode == 0 else f"the C++ compiler {' '.join(command)} does not run (its --version failed)"
 
 
 def _announce_build(name: str):
@@ -186,6 +197,12 @@ def load_fused_extension():
     if os.environ.get('PTTFS_DISABLE_FUSED', '') not in ('', '0'):
         _state['error'] = 'disabled by PTTFS_DISABLE_FUSED'
         return None
+    problem = _compiler_problem()
+    if problem:
+        _state['error'] = f'build impossible: {problem}'
+        warnings.warn(f"pttfs: the fused CPU kernel cannot be built ({problem}); 'auto' uses the 'torch' backend "
+                      f"instead (set PTTFS_DISABLE_FUSED=1 to skip the build)")
+        return None
     logger = logging.getLogger('torch.utils.cpp_extension')
     level = logger.level
     logger.setLevel(logging.ERROR)          # silence "No CUDA runtime is found": this build is CPU-only
@@ -198,6 +215,7 @@ def load_fused_extension():
             key = '\n'.join([CPP_SOURCE, str(KERNEL_FILE), ' '.join(flags), torch.__version__, _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
             _announce_build(name)
+            start = time.perf_counter()
             try:
                 _state['extension'] = load(name=name, sources=[str(KERNEL_FILE)], extra_cflags=flags,
                                            extra_ldflags=[f for f in flags if f == '-fopenmp'], verbose=False)
@@ -209,6 +227,7 @@ def load_fused_extension():
         errors.append(f"{type(e).__name__}: {e}")
     finally:
         logger.setLevel(level)
+        if _state.get('announced'): _state['build_seconds'] = time.perf_counter() - start    # a compile, not a cache hit
     _state['error'] = 'build failed: ' + ' | '.join(errors)
     warnings.warn(f"pttfs: the fused CPU kernel could not be built ({_state['error']}); the 'torch' backend is used "
                   f"instead (set PTTFS_DISABLE_FUSED=1 to skip the build)")
@@ -218,6 +237,11 @@ def load_fused_extension():
 def fused_error():
     "Why the fused kernel is not available (None if it is, or has not been tried yet)."
     return _state['error']
+
+
+def fused_build_seconds() -> float:
+    "Seconds this process spent compiling the kernel (0 when it was loaded from the cache, or not loaded)."
+    return _state['build_seconds']
 
 
 # %% [markdown]

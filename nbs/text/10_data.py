@@ -101,6 +101,18 @@ def dataset_transform(name: str, train: bool,
     return transforms.Compose(steps)
 
 
+def import_torchvision():
+    "torchvision, or an ImportError whose one line says how to repair an install whose torchvision does not fit its torch."
+    try:
+        import torchvision, torchvision.datasets, torchvision.transforms
+        return torchvision
+    except Exception as e:       # ImportError, or "operator torchvision::nms does not exist" beside another torch build
+        reason = ' '.join(str(e).split())[:160]
+        raise ImportError(f"torchvision cannot be loaded beside torch {torch.__version__} ({type(e).__name__}: {reason}); "
+                          f"install the two together from one index, as the README's Install section shows, e.g. "
+                          f"pip install --force-reinstall torch torchvision --index-url https://download.pytorch.org/whl/cpu") from None
+
+
 def load_dataset(name: str,  # one of DATASETS
                  data_dir: str = 'data',  # torchvision's root folder
                  train: bool = True,
@@ -111,7 +123,7 @@ def load_dataset(name: str,  # one of DATASETS
     "The train or test split of a dataset, transformed as described above."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == 'digits': return digits_dataset(train)
-    import torchvision.datasets as tvd
+    tvd = import_torchvision().datasets
     cls = {'mnist': tvd.MNIST, 'fashion-mnist': tvd.FashionMNIST, 'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100}[name]
     transform = dataset_transform(name, train, augment)
     try:

@@ -697,8 +697,13 @@ class OneLineParser(argparse.ArgumentParser):
         # argparse reads '-1e30' as an unknown flag (its pattern knows '-1' and '-.5' only): a number in any float form
         self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$|^-inf$|^-nan$', re.I)
 
+    hints = {}                                        # flag -> what to use instead, added to "unrecognized arguments"
+
     def error(self, message):
         if self.raising: raise RunError(message)
+        if message.startswith('unrecognized arguments'):
+            words = {w.split('=')[0] for w in message.split(':', 1)[1].split()}
+            message += ''.join(f"; {hint}" for flag, hint in self.hints.items() if flag in words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -746,7 +751,7 @@ def new_run_folder(dataset: str, root: str = 'runs',
 #| export
 _EXAMPLES = """examples:
   pttfs-train --dataset digits --schedule 1:4,2:2          a small run (offline data), seconds on a CPU
-  pttfs-train --dataset fashion-mnist --data-dir ../data --convs-per-block 2 --out runs/fmnist
+  pttfs-train --dataset fashion-mnist --download --convs-per-block 2 --out runs/fmnist   (downloads into ./data once)
   pttfs-train --dataset cifar10 --recipe psn --out runs/c10  the PSN paper's CIFAR protocol
   pttfs-train ... --stop-after 5                           stop after 5 epochs in all; run it again with --resume
   pttfs-train <the same flags> --resume                    continue a stopped or killed run in --out
@@ -764,6 +769,8 @@ def _build_parser() -> OneLineParser:
     p = OneLineParser(prog='pttfs-train', formatter_class=HelpFormatter, epilog=_EXAMPLES,
                       description="Train a TTFS SNN with AMOS LIF neurons and incremental time steps. Flags marked "
                                   "(recipe) take the recipe's value unless given.")
+    stages = "T and the epochs are set together, per stage: --schedule T:EPOCHS[,T:EPOCHS...], e.g. --schedule 4:5"
+    p.hints = {'--epochs': stages, '--T': stages, '--timesteps': stages, '--T_max': stages}
     p.add_argument('--recipe', default='default', choices=list(RECIPES), help="presets for the flags marked (recipe); "
                    "'psn': the PSN paper's CIFAR protocol")
     p.add_argument('--dataset', default='digits', choices=list(DATASETS), help="digits ships with scikit-learn (offline)")
@@ -1023,7 +1030,7 @@ def _load_data(args) -> tuple:
         in_memory = args.dataset != 'digits' and args.augment != 'psn'      # chapter 10's TensorImages: the same images, faster
         return (load_dataset(args.dataset, args.data_dir, train=True, download=args.download, augment=args.augment, in_memory=in_memory),
                 load_dataset(args.dataset, args.data_dir, train=False, download=args.download, in_memory=in_memory))
-    except FileNotFoundError as e: raise RunError(str(e)) from None
+    except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None     # ImportError: a broken torchvision
     except Exception as e:                            # a download that failed: no network, a moved mirror ...
         if not args.download: raise
         reason = ' '.join(str(e).split())[:200]
@@ -1173,6 +1180,12 @@ def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int
 #| export
 def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dict:
     from tqdm import tqdm
+    from pttfs.fused import load_fused_extension, fused_build_seconds
+    if torch.device(device).type == 'cpu':            # the kernel's first build (once per install) before the clock starts:
+        load_fused_extension()                        # it is no epoch's time, and the summary reports it apart
+        if fused_build_seconds() and rank == 0:
+            print(f"pttfs-train: the fused kernel compiled in {fused_build_seconds():.0f} s (once per install; not counted "
+                  f"in the epoch times)", file=sys.stderr, flush=True)
     start = time.time()
     state = _load_resume_state(args) if args.resume else None
     if state is not None: args.epochs_saved = state['epochs_done']      # what an error message can say is safe
@@ -1234,6 +1247,11 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
 
 # %%
 #| export
+def _compile_seconds() -> float:
+    from pttfs.fused import fused_build_seconds
+    return fused_build_seconds()
+
+
 def _finish(args, model, history, final, test_loader, device, epochs, last_epoch, world_size, settings, seconds) -> dict:
     "The run's summary (evaluating the model if no epoch was trained now), written with the figures."
     T_now = epochs[max(0, last_epoch - 1)]
@@ -1248,7 +1266,7 @@ def _finish(args, model, history, final, test_loader, device, epochs, last_epoch
                    spikes_per_sample_to_decision=final['spikes_per_sample_to_decision'],
                    spikes_per_sample_to_decision_total=final['spikes_per_sample_to_decision_total'],
                    parameters=sum(p.numel() for p in model.parameters()), world_size=world_size, device=str(device),
-                   wall_seconds=seconds, seed=args.seed, settings=settings,
+                   wall_seconds=seconds, compile_seconds=_compile_seconds(), seed=args.seed, settings=settings,
                    threads=torch.get_num_threads())
     _write_summary(args.out, summary, history)
     return summary
