@@ -21,7 +21,8 @@ batch (the default now, every cosine ends near 0) are t1-b, inc-b, inc-cosine-b,
 with `--threads` threads each (`--configs` picks configurations), and starts no call after `--minutes`: a stopped study loses only the calls in
 flight, and `--advance` again continues it from the run folders. `--collect` evaluates every finished run at its
 own T and at T = 1 (`pttfs-eval --T 1`: the same weights read at one step, which tells "more time steps" from
-"more epochs"), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
+"more epochs"), with `--precise-bn` also at its own T with batch-norm statistics recomputed from its training
+images (the running averages that training leaves move a TTFS network's accuracy by points), and writes one JSON with every run's rows and each configuration's mean and standard deviation.
 
     python benchmarks/decoder_controls.py --runs-dir ../runs/controls --train-subset 15000 --advance --minutes 80 --epochs-per-call 10
     python benchmarks/decoder_controls.py --runs-dir ../runs/controls --train-subset 15000 --collect benchmarks/decoder-controls-subset.json
@@ -102,10 +103,11 @@ def advance(args):
         for _ in range(args.workers): pool.submit(worker)
 
 
-def evaluate(folder: str, T, data_dir: str) -> dict:
-    out = os.path.join(folder, f"eval-T{T or 'run'}.json")
+def evaluate(folder: str, T, data_dir: str, precise_bn: bool = False) -> dict:
+    out = os.path.join(folder, f"eval-T{T or 'run'}{'-precise-bn' if precise_bn else ''}.json")
     if not os.path.exists(out):
-        argv = ['pttfs-eval', folder, '--data-dir', data_dir, '--out', out] + (['--T', str(T)] if T else [])
+        argv = ['pttfs-eval', folder, '--data-dir', data_dir, '--out', out] + (['--T', str(T)] if T else []) + \
+               (['--precise-bn'] if precise_bn else [])
         subprocess.run(argv, check=True, capture_output=True)
     with open(out) as f: return json.load(f)
 
@@ -124,11 +126,15 @@ def collect(args):
         if epochs_done(folder) < EPOCHS or not os.path.exists(os.path.join(folder, 'summary.json')): continue
         with open(os.path.join(folder, 'summary.json')) as f: summary = json.load(f)
         own, at_one = evaluate(folder, None, args.data_dir), evaluate(folder, 1, args.data_dir)
+        precise = evaluate(folder, None, args.data_dir, precise_bn=True) if args.precise_bn else {}
         rows.append(dict(run=name, config=name.rsplit('-seed', 1)[0], seed=int(name.rsplit('-seed', 1)[1]),
                          command=' '.join(['pttfs-train', *common(args), *flags]), T=summary['T'],
                          test_accuracy=own['test_accuracy'], avg_timesteps=own['avg_timesteps'],
                          decisions=own.get('decisions'), test_accuracy_at_T1=at_one['test_accuracy'],
-                         wall_seconds=summary.get('wall_seconds'), history=history(folder)))
+                         wall_seconds=summary.get('wall_seconds'), history=history(folder),
+                         **({} if not precise else dict(test_accuracy_precise_bn=precise['test_accuracy'],
+                                                        avg_timesteps_precise_bn=precise['avg_timesteps'],
+                                                        decisions_precise_bn=precise['decisions']))))
     configs = {}
     for config in args.configs:
         mine = [r for r in rows if r['config'] == config]
@@ -138,6 +144,8 @@ def collect(args):
             return dict(mean=statistics.mean(values), sd=statistics.stdev(values) if len(values) > 1 else None, n=len(values))
         configs[config] = dict(test_accuracy=spread('test_accuracy'), test_accuracy_at_T1=spread('test_accuracy_at_T1'),
                                avg_timesteps=spread('avg_timesteps'))
+        if args.precise_bn: configs[config].update(test_accuracy_precise_bn=spread('test_accuracy_precise_bn'),
+                                                   avg_timesteps_precise_bn=spread('avg_timesteps_precise_bn'))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from pttfs.train import describe_machine
     from pttfs.train import atomic_write
@@ -162,6 +170,8 @@ if __name__ == '__main__':
     p.add_argument('--epochs-per-call', type=int, default=1, help="--advance: epochs per pttfs-train call")
     p.add_argument('--train-subset', type=int, default=None, help="train every run on this many training images")
     p.add_argument('--collect', default=None, help="write the finished runs' results to this JSON")
+    p.add_argument('--precise-bn', action='store_true', help="--collect: also evaluate each run with its batch-norm "
+                   "statistics recomputed from its training images (pttfs-eval --precise-bn)")
     p.add_argument('--configs', default=','.join(list(CONFIGS)[:6]), help="these configurations only (comma-separated), in order")
     p.add_argument('--seeds', default='0,1,2', help="these seeds (comma-separated); every configuration of one before the next")
     args = p.parse_args()

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['MAX_T', 'MAX_EPOCHS', 'LR_SCHEDULES', 'RUN_FILES', 'LOCK_FILE', 'FIGURE_MARK', 'RUN_KEYS', 'RECIPES', 'MAX_BATCH',
            'MAX_SEED', 'MAX_LR', 'parse_schedule', 'epoch_stages', 'lr_factors', 'stage_thresholds', 'autocast_for',
-           'mixup_or_cutmix', 'train_epoch', 'decision_table', 'add_spike_counts', 'evaluate', 'RunError',
-           'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint', 'check_out_path', 'check_out_file',
-           'save_figure', 'is_our_figure', 'check_figure_files', 'describe_machine', 'RunFolder', 'run_settings',
-           'model_for', 'network_signature', 'OneLineParser', 'HelpFormatter', 'default_device', 'check_device',
-           'new_run_folder', 'check_args', 'parse_args', 'checked_settings', 'setup_distributed', 'train',
-           'mark_stages', 'decision_curve', 'plot_run', 'main']
+           'mixup_or_cutmix', 'train_epoch', 'decision_table', 'add_spike_counts', 'evaluate', 'recalibrate_batch_norm',
+           'training_subset', 'RunError', 'atomic_write', 'write_metrics', 'save_checkpoint', 'load_checkpoint',
+           'check_out_path', 'check_out_file', 'save_figure', 'is_our_figure', 'check_figure_files', 'describe_machine',
+           'RunFolder', 'run_settings', 'model_for', 'network_signature', 'OneLineParser', 'HelpFormatter',
+           'default_device', 'check_device', 'new_run_folder', 'check_args', 'parse_args', 'checked_settings',
+           'setup_distributed', 'train', 'mark_stages', 'decision_curve', 'plot_run', 'main']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import argparse
@@ -166,6 +166,29 @@ def evaluate(model, loader, T: int, device, bf16: bool = None) -> dict:
                 t_first_histogram=torch.bincount(decision, minlength=T).tolist(), decisions=decision_table(decision, correct, T),
                 spikes_per_sample=spikes, spikes_per_sample_total=sum(spikes.values()),
                 spikes_per_sample_to_decision=spikes_to_decision, spikes_per_sample_to_decision_total=sum(spikes_to_decision.values()))
+
+# %% ../nbs/12_train.ipynb #5a5f55c9
+@torch.no_grad()
+def recalibrate_batch_norm(model, loader, T: int, device, bf16: bool = None) -> int:
+    "Every BatchNorm's running statistics recomputed as the average over `loader`'s batches (weights unchanged); the layers reset."
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training = [m.momentum for m in norms], model.training
+    for m in norms: m.reset_running_stats(); m.momentum = None          # None: a cumulative average, not a moving one
+    model.train()
+    try:
+        for images, _ in loader:
+            with autocast_for(device, bf16): model(images.to(device), T)
+    finally:
+        for m, momentum in zip(norms, momenta): m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+def training_subset(train_set, n: int = None):
+    "The fixed random choice of `n` training images that `--train-subset n` trains on (all of them for None)."
+    if n is None: return train_set
+    chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:n]
+    return train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
 
 # %% ../nbs/12_train.ipynb #9dc8c972
 class RunError(Exception):
@@ -700,11 +723,9 @@ def train(args) -> dict:
         raise RunError(f"--batch-size {args.batch_size} must be a multiple of the number of processes ({world_size})")
     check_out_path(args.out)                          # a bad --out is known before any work ...
     train_set, test_set = _load_data(args)            # ... and missing data before the folder is made
-    if args.train_subset is not None:
-        if args.train_subset > len(train_set):
-            raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
-        chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_subset]
-        train_set = train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
+    if args.train_subset is not None and args.train_subset > len(train_set):
+        raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
+    train_set = training_subset(train_set, args.train_subset)
     made_here = getattr(args, 'default_out', False) and rank == 0
     if made_here:                                     # taken now, not when the flags were read: no other run can take it
         args.out = new_run_folder(args.dataset, os.path.dirname(args.out), make=True)

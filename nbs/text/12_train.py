@@ -294,6 +294,52 @@ def evaluate(model, loader, T: int, device, bf16: bool = None) -> dict:
 
 
 # %% [markdown]
+# **Batch-norm statistics.** At evaluation, batch normalisation uses running averages that training keeps with
+# momentum 0.1, so they mostly describe the last few dozen training batches, with their random crops. A rate
+# network averages small shifts away; a TTFS network does not, since a shift that moves a membrane across $V_{th}$
+# moves a spike. `recalibrate_batch_norm` ("precise BN", Wu & Johnson 2021) recomputes every running mean and
+# variance as a plain average over whole passes of given images, with the weights unchanged; `pttfs-eval
+# --precise-bn` uses the run's training images without augmentation. Chapter 13 measures what it changes.
+
+# %%
+#| export
+@torch.no_grad()
+def recalibrate_batch_norm(model, loader, T: int, device, bf16: bool = None) -> int:
+    "Every BatchNorm's running statistics recomputed as the average over `loader`'s batches (weights unchanged); the layers reset."
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training = [m.momentum for m in norms], model.training
+    for m in norms: m.reset_running_stats(); m.momentum = None          # None: a cumulative average, not a moving one
+    model.train()
+    try:
+        for images, _ in loader:
+            with autocast_for(device, bf16): model(images.to(device), T)
+    finally:
+        for m, momentum in zip(norms, momenta): m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+def training_subset(train_set, n: int = None):
+    "The fixed random choice of `n` training images that `--train-subset n` trains on (all of them for None)."
+    if n is None: return train_set
+    chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:n]
+    return train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
+
+
+# %%
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+class Stepless(nn.Module):                      # the (images, T) call that recalibrate_batch_norm makes
+    def __init__(self, net): super().__init__(); self.net = net
+    def forward(self, x, T): return self.net(x)
+data = [(torch.randn(50, 3) * 3 + 1, None) for _ in range(4)]
+test_eq(recalibrate_batch_norm(Stepless(net).eval(), data, 1, 'cpu'), 1)
+features = net[0](torch.cat([x for x, _ in data]))
+test_close(net[1].running_mean, features.mean(0), eps=1e-5)          # the plain average of the four batch means
+test_eq((net[1].momentum, net.training), (0.1, False))               # left as it was found
+print("running mean after recalibration:", net[1].running_mean.detach().numpy().round(3))
+
+# %% [markdown]
 # Mixing, checked: each mixed batch keeps its images' shape, and every soft label is a probability vector that puts
 # all its mass on at most two classes, the image's own and its partner's:
 
@@ -1060,11 +1106,9 @@ def train(args) -> dict:
         raise RunError(f"--batch-size {args.batch_size} must be a multiple of the number of processes ({world_size})")
     check_out_path(args.out)                          # a bad --out is known before any work ...
     train_set, test_set = _load_data(args)            # ... and missing data before the folder is made
-    if args.train_subset is not None:
-        if args.train_subset > len(train_set):
-            raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
-        chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:args.train_subset]
-        train_set = train_set.subset(chosen) if isinstance(train_set, TensorImages) else torch.utils.data.Subset(train_set, chosen.tolist())
+    if args.train_subset is not None and args.train_subset > len(train_set):
+        raise RunError(f"--train-subset {args.train_subset}: {args.dataset} has only {len(train_set)} training images")
+    train_set = training_subset(train_set, args.train_subset)
     made_here = getattr(args, 'default_out', False) and rank == 0
     if made_here:                                     # taken now, not when the flags were read: no other run can take it
         args.out = new_run_folder(args.dataset, os.path.dirname(args.out), make=True)

@@ -846,14 +846,20 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
                  batch_size: int = 256, data_dir: str = 'data', device: str = 'cpu', progress: bool = False,
                  test_set=None,  # the test split (default: loaded from data_dir)
                  keep_predictions: bool = False,  # also return each sample's predicted class and t_1st
+                 precise_bn: bool = False,  # first recompute batch-norm statistics from the run's training images (unaugmented)
                 ) -> dict:
     "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
     from tqdm import tqdm
     from torch.utils.data import DataLoader
-    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for
+    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for, recalibrate_batch_norm, training_subset
     from pttfs.data import load_dataset
     settings, model, T, threshold = _run_model(run_dir, T, decoder_threshold)
     model.to(device).eval()
+    if precise_bn:
+        try: images = load_dataset(settings['dataset'], data_dir, train=True, augment=False, in_memory=settings['dataset'] != 'digits')
+        except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None
+        images = training_subset(images, run_settings(settings)['train_subset'])
+        recalibrate_batch_norm(model, DataLoader(images, batch_size=batch_size), T, device, run_settings(settings)['bf16'])
     if not full and not isinstance(model.decoder, TemporalSelectorDecoder):
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")
     if test_set is None:
@@ -880,7 +886,7 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     seconds = time.perf_counter() - start
     decision, correct = torch.cat(decisions), torch.cat(corrects)
     n = len(decision)
-    result = dict(run_dir=os.path.abspath(run_dir), dataset=settings['dataset'], decoder=settings['decoder'], T=T,
+    result = dict(run_dir=os.path.abspath(run_dir), dataset=settings['dataset'], decoder=settings['decoder'], T=T, precise_bn=precise_bn,
                   decoder_threshold=threshold, mode='full' if full else 'early-exit', samples=n,
                   test_accuracy=correct.sum().item() / n, avg_timesteps=(decision + 1).sum().item() / n,
                   decisions=decision_table(decision, correct, T),
@@ -904,6 +910,8 @@ def eval_main(argv=None):
     p.add_argument('--T', type=int, default=None, help="time steps (default: the T of the run's last stage)")
     p.add_argument('--decoder-threshold', type=float, default=None, help="the decoder's V_th (default: the run's)")
     p.add_argument('--full', action='store_true', help="compute all T steps (no early exit)")
+    p.add_argument('--precise-bn', action='store_true', help="recompute the batch-norm statistics from the run's training "
+                   "images (no augmentation) before evaluating; the checkpoint is not changed")
     p.add_argument('--batch-size', type=int, default=256, help="test images per pass")
     p.add_argument('--data-dir', default='data', help="torchvision's root folder for the datasets")
     p.add_argument('--device', default=default_device(), help="cpu, cuda or cuda:N (default: cuda if present)")
@@ -918,7 +926,7 @@ def eval_main(argv=None):
     if not os.path.isdir(args.run_dir): p.error(f"{args.run_dir}: no such run folder")   # before --out's folder is made
     default = os.path.join(args.run_dir, 'eval.json')
     if args.out is None and os.path.lexists(default) and not args.overwrite:       # a second evaluation: say where it can go
-        name = 'eval' + (f"-T{args.T}" if args.T else '') + (f"-vth{args.decoder_threshold:g}" if args.decoder_threshold else '') \
+        name = 'eval' + ('-precise-bn' if args.precise_bn else '') + (f"-T{args.T}" if args.T else '') + (f"-vth{args.decoder_threshold:g}" if args.decoder_threshold else '') \
                + ('-full' if args.full else '') + '.json'
         p.error(f"{default} exists (an earlier evaluation); write this one beside it with --out "
                 f"{os.path.join(args.run_dir, name if name != 'eval.json' else 'eval-2.json')}, or replace it with --overwrite")
@@ -926,7 +934,7 @@ def eval_main(argv=None):
                          own=('run_dir', 'mode', 'test_accuracy'))
     try:
         result = evaluate_run(args.run_dir, args.T, args.decoder_threshold, args.full, args.batch_size, args.data_dir,
-                              args.device, progress=sys.stderr.isatty())
+                              args.device, progress=sys.stderr.isatty(), precise_bn=args.precise_bn)
     except RunError as e: p.error(str(e))
     except KeyboardInterrupt: p.exit(130, "pttfs-eval: interrupted; nothing was written\n")
     except OSError as e: p.error(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}")
