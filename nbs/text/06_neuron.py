@@ -654,6 +654,55 @@ test_fail(lambda: AMOSLIF(detach_reset=True), exc=TypeError, contains='never res
 test_fail(lambda: AMOSLIF(surrogate=ATan(), surrogate_function=sj_surrogate.ATan()), exc=ValueError, contains='once')
 
 # %% [markdown]
+# ### Reading out a network of single spikes
+#
+# A SpikingJelly classifier usually ends in spiking neurons read by their firing rate, trained with a mean squared
+# error against the one-hot label. With AMOS neurons at the output that readout has little to work with: each
+# output neuron fires at most once, so its rate is $0$ or $1/T$, the target of $1$ is out of reach for $T > 1$,
+# and every neuron that fired ties with every other. Before any output neuron fires, the rate is $0$ everywhere and
+# the loss sits at $1/K$ for $K$ classes. What trains is a graded readout: the output layer's *membrane* at the
+# first output spike, $t_{1st}$, under the cross-entropy, which is chapter 9's temporal selector decoder
+# (`SpikingClassifier(body, TemporalSelectorDecoder(features, classes))` in chapter 11 packages it). We expect the
+# rate readout to stay at $1/K = 0.1$ for the first steps and end with more ties and a lower training accuracy, and
+# the membrane readout to fall steadily:
+
+# %%
+torch.manual_seed(0)
+T, B, K = 4, 64, 10
+images = torch.rand(B, 20); labels = (images @ torch.randn(20, K)).argmax(1)     # a learnable ten-class toy task
+
+def train_readout(readout, steps=30):
+    "Train Linear-AMOSLIF-Linear-AMOSLIF (SpikingJelly layers, step mode 'm') with `readout(spikes, membrane) -> loss`."
+    torch.manual_seed(1)
+    net = nn.Sequential(layer.Linear(20, 32), AMOSLIF(), layer.Linear(32, K), AMOSLIF(return_membrane=True))
+    functional.set_step_mode(net, 'm')
+    optimizer, losses = torch.optim.Adam(net.parameters(), lr=1e-2), []
+    for _ in range(steps):
+        spikes, membrane = net(images.expand(T, B, 20))                    # the image at every step
+        loss, logits = readout(spikes, membrane)
+        optimizer.zero_grad(); loss.backward(); optimizer.step(); losses.append(loss.item())
+    return losses, (logits.argmax(1) == labels).float().mean().item(), logits
+
+def rate_mse(spikes, membrane):
+    rate = spikes.mean(0)
+    return nn.functional.mse_loss(rate, nn.functional.one_hot(labels, K).float()), rate
+
+def membrane_at_first_spike(spikes, membrane):
+    fired = spikes.detach().amax(-1) > 0                                   # [T, B]: did any output neuron fire?
+    t_1st = torch.where(fired.any(0), fired.to(torch.uint8).argmax(0), torch.full((B,), T - 1))
+    logits = membrane[t_1st, torch.arange(B)]                               # [B, K], graded
+    return nn.functional.cross_entropy(logits, labels), logits
+
+results = {name: train_readout(f) for name, f in [('rate + MSE', rate_mse), ('membrane at t_1st + CE', membrane_at_first_spike)]}
+for name, (losses, accuracy, logits) in results.items():
+    ties = (logits == logits.max(1, keepdim=True).values).sum(1).float().mean().item()
+    print(f"{name:23} loss {losses[0]:.3f} -> {losses[9]:.3f} (step 10) -> {losses[-1]:.3f} | training accuracy "
+          f"{accuracy:.2f} | classes tied at the top: {ties:.2f}")
+rate_losses, membrane_losses = results['rate + MSE'][0], results['membrane at t_1st + CE'][0]
+test_close(rate_losses[:5], [0.1] * 5, eps=1e-6)                              # no output spike yet: zero rate
+assert membrane_losses[-1] < 0.5 * membrane_losses[0] and results['membrane at t_1st + CE'][1] > results['rate + MSE'][1]
+
+# %% [markdown]
 # ## Summary
 # `AMOSLIF` wraps `amos_lif_parallel` (any backend) for `[T, *]` input: fixed or learnable τ (kept above 1 by $1/\tau = \sigma(w)$),
 # one per channel if asked, a learnable threshold on request, spikes and optionally the membrane. Its parallel and sequential backends agree to

@@ -39,6 +39,21 @@ torch.set_printoptions(precision=4, sci_mode=False)
 #
 # The threshold $V_{th}$ of these neurons is the *confidence parameter*: a higher one needs a larger membrane
 # potential before the network commits, so it decides later and (the paper argues) better.
+#
+# **The three properties.** The paper designs the decoder to meet three properties, which the rest of the book
+# refers to by name (quoted from its section on the decoder):
+#
+# > P1. Guarantee a strong baseline by being functionally equivalent to a rate-based decoder at the minimal
+# > inference time ($T = 1$).
+# >
+# > P2. Preserve the primacy of early information by prioritizing the first spikes, thereby supporting adaptive
+# > early stopping capabilities—a hallmark advantage of TTFS.
+# >
+# > P3. Promote a general trend of performance improvement as inference time (T) increases, thus making productive
+# > use of additional temporal data.
+#
+# P1 and P2 are properties of the decoder alone, and this chapter checks both. P3 is a claim about training with
+# incremental T (chapter 12), which chapter 13 tests with controls.
 
 # %%
 #| export
@@ -247,6 +262,34 @@ for name, d in decoders.items():
     print(f"{name:8} logits {[round(v, 4) + 0.0 for v in logits[0].tolist()]}  decision step {t.item()}")
 test_eq(decoders['TWD'](x)[0][0, 0].item(), decoders['TWD'](x)[0][0, 1].item())
 assert decoders['TSD'](x)[0][0, 1] > decoders['TSD'](x)[0][0, 0]
+
+# %% [markdown]
+# **Why the two assumed forms are one experiment.** An AMOS output neuron fires at most once, at $t_k$, or never.
+# Then $o^{TWD}_k = (T - t_k)/T = 1 - t_k/T$ if it fires and $0$ if it is silent, while $o^{TQ}_k = -\hat t_k/T$
+# is $-t_k/T$ if it fires and $-1$ if silent: in both cases $o^{TWD}_k = o^{TQ}_k + 1$. The cross-entropy reads
+# logits through the softmax, which does not change when every logit of a sample moves by the same constant:
+#
+# $$-\log \frac{e^{o_y + 1}}{\sum_k e^{o_k + 1}} = -\log \frac{e^{o_y}}{\sum_k e^{o_k}},$$
+#
+# so the loss, its gradient with respect to every weight, every step of training and the argmax at inference are
+# the same. With these assumed forms, Table 4 has one row for the two, not two rows. We expect the logits to differ
+# by exactly 1 on random single-spike outputs (silent neurons included), and the losses and gradients to be equal:
+
+# %%
+torch.manual_seed(0)
+twd, tq = TemporalWeightingDecoder(6, 5), TQTTFSDecoder(6, 5)
+with torch.no_grad(): twd.synapse.weight.mul_(6)                       # strong enough that some output neurons fire
+tq.load_state_dict(twd.state_dict())                                   # one set of weights, read both ways
+x = (torch.rand(4, 8, 6) < 0.5).float()                                # [T, B, F] hidden spikes
+spikes, _ = twd.outputs(x)
+silent = int((spikes.sum(0) == 0).sum())
+print(f"output neurons silent: {silent} of {spikes[0].numel()}, firing at steps {sorted(set(spikes.argmax(0)[spikes.sum(0) > 0].tolist()))}")
+assert 0 < silent < spikes[0].numel()                                  # both cases of the proof occur
+test_close(twd.logits(spikes) - tq.logits(spikes), torch.ones(8, 5), eps=1e-6)
+labels = torch.randint(0, 5, (8,))
+losses = [nn.functional.cross_entropy(d(x)[0], labels) for d in (twd, tq)]
+grads = [torch.autograd.grad(loss, d.synapse.weight) for loss, d in zip(losses, (twd, tq))]
+test_close(losses[0], losses[1], eps=1e-6); test_close(grads[0][0], grads[1][0], eps=1e-6)
 
 # %%
 #| export

@@ -192,10 +192,13 @@ def ablation(dataset: str = 'digits', schedule: str = '1:12,2:4,4:4',
 # %%
 #| eval: false
 # NBVAL_SKIP
-_ = ablation('digits', configurations=[dict(decoder=d) for d in ('tsd', 'rate', 'twd', 'tq-ttfs')],
-             out='../benchmarks/ablation-digits-decoders.json')
-_ = ablation('digits', configurations=[dict(decoder='tsd', decoder_threshold=v) for v in (0.25, 0.5, 1.0, 2.0, 4.0)],
-             out='../benchmarks/ablation-digits-threshold.json')
+# Rewrites the tracked benchmarks/ablation-digits-*.json: only when asked to (PTTFS_REFRESH_STUDIES=1), so that
+# running the chapter top to bottom in Jupyter cannot replace a stored result by accident.
+if os.environ.get('PTTFS_REFRESH_STUDIES') == '1':
+    _ = ablation('digits', configurations=[dict(decoder=d) for d in ('tsd', 'rate', 'twd', 'tq-ttfs')],
+                 out='../benchmarks/ablation-digits-decoders.json')
+    _ = ablation('digits', configurations=[dict(decoder='tsd', decoder_threshold=v) for v in (0.25, 0.5, 1.0, 2.0, 4.0)],
+                 out='../benchmarks/ablation-digits-threshold.json')
 
 
 # %%
@@ -837,6 +840,15 @@ def _run_model(run_dir: str, T: int = None, decoder_threshold: float = None) -> 
     return settings, model, T, threshold
 
 
+def load_run(run_dir: str,  # a pttfs-train run folder
+             decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
+            ) -> nn.Module:
+    "The trained network of a run (settings checked, last.pt loaded), in eval mode: `model(images, T)` or `model.predict(images, T)`."
+    settings, model, T, threshold = _run_model(run_dir, None, decoder_threshold)
+    model.trained_T = T                               # the T of the run's last stage: the natural T to call it with
+    return model.eval()
+
+
 # %%
 #| export
 def evaluate_run(run_dir: str,  # a pttfs-train run folder
@@ -859,7 +871,8 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
         try: images = load_dataset(settings['dataset'], data_dir, train=True, augment=False, in_memory=settings['dataset'] != 'digits')
         except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None
         images = training_subset(images, run_settings(settings)['train_subset'])
-        recalibrate_batch_norm(model, DataLoader(images, batch_size=batch_size), T, device, run_settings(settings)['bf16'])
+        batches = images.batches(batch_size) if hasattr(images, 'batches') else DataLoader(images, batch_size=batch_size)
+        recalibrate_batch_norm(model, batches, T, device, run_settings(settings)['bf16'])
     if not full and not isinstance(model.decoder, TemporalSelectorDecoder):
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")
     if test_set is None:
@@ -954,16 +967,20 @@ def eval_main(argv=None):
 
 # %%
 from pttfs.train import main as train_main
+from pttfs.data import load_dataset
 import contextlib, io
 with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     train_main(['--schedule', '1:3,4:2', '--hidden', '64', '--channels', '8', '--decoder-threshold', '2', '--out', f'{tmp}/run'])
-    early = evaluate_run(f'{tmp}/run', T=8)
+    early = evaluate_run(f'{tmp}/run', T=8, keep_predictions=True)
     full = evaluate_run(f'{tmp}/run', T=8, full=True)
+    model, test_images = load_run(f'{tmp}/run'), load_dataset('digits', train=False)     # the same network, from Python
+    with torch.no_grad(): logits, _ = model(torch.stack([image for image, _ in test_images]), 8)
 print("keys:", sorted(early))
 print("same decisions:", early['decisions'] == full['decisions'], "| same accuracy:", early['test_accuracy'] == full['test_accuracy'],
       "| fewer steps computed:", early['steps_computed'] < full['steps_computed'] == 8,
       "| fewer spikes to the decision than over all T:", full['spikes_per_sample_to_decision_total'] < full['spikes_per_sample_all_steps_total'])
 test_eq(early['decisions'], full['decisions'])
+test_eq(logits.argmax(1).tolist(), early['predictions']); test_eq(model.trained_T, 4)
 test_eq((early['test_accuracy'], early['avg_timesteps']), (full['test_accuracy'], full['avg_timesteps']))
 test_close(sum(d['fraction'] for d in early['decisions']), 1.0)
 test_close(early['spikes_per_sample_to_decision_total'], full['spikes_per_sample_to_decision_total'], eps=1e-3)
