@@ -1,7 +1,7 @@
 "Package setup: every piece of metadata comes from settings.ini (nbdev 2 layout)."
 from configparser import ConfigParser
 from packaging.version import Version
-import setuptools, shlex
+import re, setuptools, shlex
 
 assert Version(setuptools.__version__) >= Version('36.2')
 
@@ -24,6 +24,11 @@ baselines_requirements = shlex.split(cfg.get('baselines_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 
+# The README's links are relative to the repository; on a package index they would point nowhere, so the long
+# description links to the repository itself.
+readme = open('README.md', encoding='utf-8').read()
+long_description = re.sub(r'\]\((?!https?://|#|mailto:)([^)\s]+)\)', lambda m: f"]({cfg['git_url']}/blob/{cfg['branch']}/{m[1]})", readme)
+
 setuptools.setup(
     name=cfg['lib_name'],
     license=lic[0],
@@ -39,7 +44,7 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'bench': bench_requirements, 'baselines': baselines_requirements},
     python_requires='>=' + min_python,
-    long_description=open('README.md', encoding='utf-8').read(),
+    long_description=long_description,
     long_description_content_type='text/markdown',
     zip_safe=False,
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
