@@ -79,6 +79,7 @@ def ablation(dataset: str = 'digits', schedule: str = '1:12,2:4,4:4',
              configurations=(dict(decoder='tsd'), dict(decoder='rate'), dict(decoder='twd'), dict(decoder='tq-ttfs')),
              extra_args=(), data_dir: str = 'data',
              out: str = None,  # a JSON file for the rows, with the machine and date
+             precise_bn: bool = False,  # also evaluate each run with recomputed batch-norm statistics (`evaluate_run`)
             ) -> list:
     "Train one run per configuration (a dict of pttfs-train flags, which may override the schedule) and return a row per run."
     from pttfs.train import parse_args, train, model_for, atomic_write, describe_machine
@@ -103,6 +104,10 @@ def ablation(dataset: str = 'digits', schedule: str = '1:12,2:4,4:4',
                              energy_to_decision_microjoules=1e6 * to_decision['energy_joules'],
                              parameters=summary['parameters'], T=summary['T'], wall_seconds=summary['wall_seconds'],
                              command=' '.join(['pttfs-train', *common, *_flags(own)])))
+            if precise_bn:
+                precise = evaluate_run(args.out, data_dir=data_dir, precise_bn=True, full=args.decoder != 'tsd')
+                rows[-1].update(test_accuracy_precise_bn=precise['test_accuracy'], avg_timesteps_precise_bn=precise['avg_timesteps'],
+                                decisions_precise_bn=precise['decisions'])
     if out:
         result = dict(dataset=dataset, schedule=schedule, machine=describe_machine(), rows=rows)
         def write(tmp):
