@@ -60,3 +60,32 @@ def test_the_check_can_fail(tmp_path):
     source = tmp_path / 'm.py'
     source.write_text("from .train import x\nimport pttfs.models\ndef f():\n    from pttfs.bench import y\n")
     assert imported_modules(source) == {'train', 'models', 'bench'}
+
+
+NBS = PACKAGE.parent / 'nbs'
+
+
+def notebook_imports(path: Path) -> set:
+    "The pttfs modules a notebook's code cells import, written as `from pttfs.X import` or `import pttfs.X`."
+    import nbformat
+    found = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == 'code': found.update(re.findall(r'(?:from|import)\s+pttfs\.(\w+)', cell.source))
+    return found
+
+
+def test_no_notebook_cell_imports_a_later_chapter():
+    "Chapter order holds for every cell, not only for the exported modules: a reader never needs a later chapter."
+    found, wrong = chapters(), []
+    for path in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+        number = int(path.name[:2])
+        wrong += [f"{path.name} imports pttfs.{m} (chapter {found[m]})" for m in notebook_imports(path)
+                  if m in found and found[m] > number]
+    assert not wrong, '; '.join(wrong)
+
+
+def test_the_notebook_scan_can_fail(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from pttfs.evaluation import ablation\nimport pttfs.bench")])
+    nbformat.write(nb, tmp_path / '02_x.ipynb')
+    assert notebook_imports(tmp_path / '02_x.ipynb') == {'evaluation', 'bench'}

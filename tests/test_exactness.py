@@ -10,11 +10,17 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from pttfs import amos_lif_parallel, amos_lif_sequential, AMOSLIF
-from pttfs.testing import compare_with_reference
+from functools import partial
+from pttfs.dynamics import compare_with_reference
 from pttfs.fused import load_fused_extension, fused_error
 from pttfs.surrogate import ATan, Sigmoid
 
 TOL = 1e-10
+
+
+def compare(*args, backend: str = 'auto', **kwargs):
+    "compare_with_reference (chapter 1) for `amos_lif_parallel` on one backend."
+    return compare_with_reference(partial(amos_lif_parallel, backend=backend), *args, **kwargs)
 
 # Every CPU backend must pass the same checks; the fused kernel is skipped (and says why) if it cannot be built.
 BACKENDS = ['torch', pytest.param('cpu-fused', marks=pytest.mark.skipif(
@@ -32,7 +38,7 @@ def test_parallel_equals_bptt(backend, T, trailing, tau, force_last, tau_per_las
     # compare_with_reference (chapter 4): random x, learnable tau (one per last-dim neuron if asked), a threshold near
     # the median membrane (spikes, second fake spikes and silence all occur), random upstream grads on S and H;
     # the threshold is learnable where the backend takes a tensor (the textbook one), else a fixed number
-    r = compare_with_reference(T, tau, force_last, trailing=trailing, tau_per_neuron=tau_per_last_dim and bool(trailing),
+    r = compare(T, tau, force_last, trailing=trailing, tau_per_neuron=tau_per_last_dim and bool(trailing),
                                surrogate=ATan() if atan else Sigmoid(), seed=seed, backend=backend,
                                learnable_threshold=backend == 'torch')
     assert r['spikes_equal'], "spikes differ from the sequential reference"
@@ -47,7 +53,7 @@ def test_any_finite_input(backend, T, width, tau, force_last, float32, exponent,
     # one input per neuron becomes +-M at a random step, M from 1 to 1e30 (float32) or 1e300 (float64): the chunked
     # scan must not overflow where the loop stays finite, and the spikes must be the loop's
     huge = 10.0 ** (exponent * (30 if float32 else 300))
-    r = compare_with_reference(T, tau, force_last, trailing=(width,), surrogate=ATan() if atan else Sigmoid(), seed=seed,
+    r = compare(T, tau, force_last, trailing=(width,), surrogate=ATan() if atan else Sigmoid(), seed=seed,
                                backend=backend, dtype=torch.float32 if float32 else torch.float64, huge=huge)
     assert r['spikes_equal'], f"spikes differ from the sequential reference (M = {huge:.1e})"
     assert r['finite_alike'], f"a non-finite value where the reference has none (M = {huge:.1e})"
@@ -96,7 +102,7 @@ def test_sequential_reference_reaches_long_T():
 @pytest.mark.parametrize("force_last", [False, True])
 def test_long_float64_exact(force_last, backend):
     for tau_per_neuron in (False, True):
-        r = compare_with_reference(512, 2.0, force_last, trailing=(3, 7), tau_per_neuron=tau_per_neuron, seed=1, backend=backend)
+        r = compare(512, 2.0, force_last, trailing=(3, 7), tau_per_neuron=tau_per_neuron, seed=1, backend=backend)
         assert r['spikes_equal']
         for what in ('membrane', 'grad_x', 'grad_tau'): assert r[what] <= TOL * (1 + r['grad_x_scale']), what
 

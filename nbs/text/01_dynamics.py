@@ -275,16 +275,116 @@ print("dL/dX\n", x.grad)
 print("dL/dtau", tau.grad)
 test_eq(torch.isfinite(x.grad).all(), True)
 
+
+# %% [markdown]
+# ## Checking an implementation against the loop
+#
+# Every later chapter computes the same neuron faster and must match this loop. Two helpers do the comparing.
+# A stored output is a test (nbval compares it on every run), so a printed difference must not change with the last
+# bits of rounding: `bucket` prints it rounded *up* to a power of ten, `1e-15` rather than `3.1e-16`.
+
+# %%
+#| export
+def bucket(d: float) -> str:
+    "A non-negative difference rounded up to a power of ten ('1e-15'), '0' for none: stable in stored outputs."
+    if d == 0: return "0"
+    if not math.isfinite(d): return str(d)
+    return f"1e{math.ceil(math.log10(d)):+03d}"
+
+
+def diff_bucket(a: Tensor, b: Tensor, relative: bool = True) -> str:
+    "max |a − b| (over 1 + |b| if `relative`), rounded up to a power of ten: a stable string for stored outputs."
+    a, b = a.detach().double(), b.detach().double()
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    d = (a - b).abs() / ((1 + b.abs()) if relative else 1)
+    return bucket(torch.where(both_nan, torch.zeros_like(d), d).max().item())
+
+
+# %% [markdown]
+# We expect `1e-15` for a difference of $3\cdot10^{-16}$, `1e+00` for exactly 1, and `0` for none; NaN in the same
+# places of both tensors counts as equal:
+
+# %%
+test_eq([bucket(3e-16), bucket(1.0), bucket(0.0), bucket(float('inf'))], ['1e-15', '1e+00', '0', 'inf'])
+a = torch.tensor([1.0, float('nan'), 3.0], dtype=torch.float64)
+test_eq(diff_bucket(a, a), '0')
+test_eq(diff_bucket(a + 3e-13, a, relative=False), '1e-12')
+print(diff_bucket(a + 3e-13, a), diff_bucket(a + 3e-13, a, relative=False))
+
+
+# %% [markdown]
+# `compare_with_reference` runs an implementation and the loop on one random problem: float64 by default, a
+# learnable τ (one, or one per neuron), random upstream gradients on both outputs, a threshold near the median
+# membrane so that first spikes, later crossings and silent neurons all occur; optionally a learnable threshold and
+# a huge input per neuron. It takes the implementation as a function, so it needs nothing from later chapters, and
+# returns whether the spikes agree and the largest difference of every output and gradient.
+
+# %%
+#| export
+def compare_with_reference(neuron,  # the implementation: (x, tau, v_threshold, surrogate, force_last) -> (spikes, membrane)
+                           T: int, tau: float, force_last: bool, trailing=(64,), tau_per_neuron: bool = False,
+                           surrogate=Sigmoid(), seed: int = 0, dtype=torch.float64, device: str = 'cpu',
+                           learnable_threshold: bool = False,  # V_th a 0-d tensor that requires grad
+                           huge: float = 0.0,  # > 0: one input per neuron becomes ±huge, at a random step
+                          ) -> dict:
+    "Run `neuron` and `amos_lif_sequential` on one random problem; whether the spikes agree, and max |difference| of every output and gradient."
+    generator = torch.Generator().manual_seed(seed)                         # drawn on the CPU: the same problem on any device
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+    x = 1.0 + 1.5 * randn(T, *trailing)
+    tau_value = torch.full(trailing[-1:] if tau_per_neuron else (), tau, dtype=dtype)
+    if tau_per_neuron: tau_value = tau_value * (1 + torch.rand(trailing[-1], generator=generator, dtype=dtype))
+    tau_value = tau_value.to(device)
+    never = torch.finfo(dtype).max                                          # a threshold no membrane reaches: H alone
+    v_threshold = round(amos_lif_sequential(x, tau_value, never)[1].median().item(), 3) + 1e-4   # off any tie with a membrane value
+    g_spikes, g_membrane = randn(T, *trailing), randn(T, *trailing)
+    if huge > 0:                                                            # after the threshold: it stays ordinary
+        when = torch.randint(T, tuple(trailing), generator=generator).to(device).unsqueeze(0)
+        sign = torch.randint(2, tuple(trailing), generator=generator, dtype=dtype).to(device).unsqueeze(0) * 2 - 1
+        x = x.scatter(0, when, (sign * huge).expand_as(when))
+    results = []
+    for implementation in (neuron, amos_lif_sequential):
+        x_ = x.clone().requires_grad_()
+        tau_ = tau_value.clone().requires_grad_()
+        threshold = torch.tensor(v_threshold, dtype=dtype, device=device, requires_grad=True) if learnable_threshold else v_threshold
+        spikes, membrane = implementation(x_, tau_, threshold, surrogate, force_last)
+        ((spikes * g_spikes).sum() + (membrane * g_membrane).sum()).backward()
+        results.append((spikes.detach(), membrane.detach(), x_.grad, tau_.grad,
+                        threshold.grad if learnable_threshold and threshold.grad is not None else torch.zeros(())))   # None: V_th unused
+    (s, h, gx, gt, gv), (s_ref, h_ref, gx_ref, gt_ref, gv_ref) = results
+    maxdiff = lambda a, b: (a - b).abs().max().item()
+    finite_alike = lambda a, b: torch.equal(torch.isfinite(a), torch.isfinite(b))
+    return dict(spikes_equal=torch.equal(s, s_ref), fired=s.sum().item() / s[0].numel(),
+                membrane=maxdiff(h, h_ref), grad_x=maxdiff(gx, gx_ref), grad_tau=maxdiff(gt, gt_ref),
+                grad_threshold=maxdiff(gv, gv_ref), grad_x_scale=gx_ref.abs().max().item(),
+                finite_alike=all(finite_alike(a, b) for a, b in zip(results[0], results[1])))
+
+
+# %% [markdown]
+# The loop against itself is exact; a neuron with a deliberate error (its membrane one part in a million too large)
+# must be caught. We expect zeros for the first and a membrane difference near $10^{-6}$ for the second:
+
+# %%
+r = compare_with_reference(amos_lif_sequential, 16, 2.0, False)
+print({k: (bucket(v) if isinstance(v, float) and k != 'fired' else v) for k, v in r.items()})
+test_eq((r['spikes_equal'], max(r['membrane'], r['grad_x'], r['grad_tau'])), (True, 0.0))
+def slightly_wrong(x, tau, v_threshold, surrogate, force_last):
+    spikes, membrane = amos_lif_sequential(x, tau, v_threshold, surrogate, force_last)
+    return spikes, membrane * (1 + 1e-6)
+wrong = compare_with_reference(slightly_wrong, 16, 2.0, False)
+print("a membrane 1e-6 too large:", bucket(wrong['membrane']))
+test_eq(wrong['membrane'] > 1e-8, True)
+
 # %% [markdown]
 # ## Summary
 # `amos_lif_sequential` is Eqs. 1–4 verbatim, with `force_last` (Eq. 7) as an option, off by default. It is one
 # pass over time, T sequential steps each waiting for the last, and autograd through it is BPTT. The next chapters make the
-# forward and the backward parallel over $t$ and check them against this loop.
+# forward and the backward parallel over $t$ and check them against this loop. `bucket`, `diff_bucket` and
+# `compare_with_reference` are how they are checked.
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. Predict by hand at which step a neuron with constant input $x = 0.6$, τ = 2 and $V_{th} = 1$ first crosses the threshold (write $H[t]$ for t = 0, 1, 2, …), then check with `amos_lif_sequential`.
+# 1. Predict by hand at which step a neuron with constant input $x = 1.5$, τ = 2 and $V_{th} = 1$ first crosses the threshold (write $H[t]$ for t = 0, 1, 2, …), then check with `amos_lif_sequential`. Why does $x = 0.6$ never cross?
 # 2. Find an input for which `force_last=True` changes the output and one for which it does not. Which neurons does Eq. 7 touch?
 # 3. For one neuron with a rising input over T = 20 steps, count the fake spikes $\tilde S$ and the real spikes. Why can the first number exceed one while the second cannot?
 

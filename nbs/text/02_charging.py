@@ -21,7 +21,7 @@ from pttfs.dynamics import tau_tensor
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 from pttfs.dynamics import amos_lif_sequential
-from pttfs.testing import diff_bucket
+from pttfs.dynamics import diff_bucket
 torch.set_printoptions(precision=4, sci_mode=False)
 
 
@@ -294,7 +294,7 @@ draw_doubling_scan();
 
 # %% [markdown]
 # `diff_bucket(a, b)` prints $\max|a - b|/(1 + |b|)$ rounded up to a power of ten, a string that stays the same from
-# run to run; it and the book's other test helpers are in `pttfs.testing` (the appendix).
+# run to run; it and the book's other test helpers are in chapter 1.
 
 # %%
 torch.manual_seed(0)

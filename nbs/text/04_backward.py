@@ -26,7 +26,7 @@ from pttfs.surrogate import ATan
 from pttfs.dynamics import amos_lif_sequential
 from pttfs.charging import charge
 from pttfs.first_spike import spikes_from_index
-from pttfs.testing import diff_bucket, bucket, compare_with_reference
+from pttfs.dynamics import diff_bucket, bucket, compare_with_reference
 torch.set_printoptions(precision=4, sci_mode=False)
 
 # %% [markdown]
@@ -464,19 +464,20 @@ test_close(delta, delta_loop, eps=1e-13)
 # For every configuration below we run both implementations in float64 on the same input, with a learnable τ
 # (one per neuron where marked) and random upstream gradients on **both** outputs,
 # $\mathcal L = \sum \mathbf g_S \odot \mathbf S + \sum \mathbf g_H \odot \mathbf H$. The threshold is set near the
-# median membrane so that first spikes, second fake spikes and silent neurons all occur. `compare_with_reference` (in `pttfs.testing`, the appendix) does this for one
-# configuration and returns the largest differences, which `bucket` prints as powers of ten. We ask for the
-# `'torch'` backend, which is `AMOSLIFFunction` of this chapter (chapter 5 registers it under that name; chapters 7
-# and 8 run the same check on the compiled backends). We expect identical
+# median membrane so that first spikes, second fake spikes and silent neurons all occur. `compare_with_reference` (chapter 1) does this for one
+# configuration and returns the largest differences, which `bucket` prints as powers of ten. The implementation we
+# check is `AMOSLIFFunction.apply` of this chapter (chapter 5 registers it as the `'torch'` backend; chapters 7 and 8
+# run the same check on the compiled backends). We expect identical
 # spikes and differences at float64 rounding, far below the $10^{-10}$ we require:
 
 # %%
+textbook = AMOSLIFFunction.apply      # (x, tau, v_threshold, surrogate, force_last) -> (spikes, membrane)
 print(f"{'T':>4} {'tau':>7} {'force':>5} {'tau/neuron':>10} | {'spikes':>6} {'fired':>5} | {'membrane':>8} {'dL/dX':>7} {'dL/dtau':>7}")
 worst = 0.0
 for T in [1, 2, 16, 65, 130, 512]:
     for tau in [1.01, 2.0, 50.0, 1000.0]:
         for force_last in [False, True]:
-            r = compare_with_reference(T, tau, force_last, tau_per_neuron=(T % 2 == 0), backend='torch')
+            r = compare_with_reference(textbook, T, tau, force_last, tau_per_neuron=(T % 2 == 0))
             print(f"{T:4} {tau:7} {force_last!s:>5} {T % 2 == 0!s:>10} | {'exact' if r['spikes_equal'] else 'DIFF':>6} "
                   f"{r['fired']:5.2f} | {bucket(r['membrane']):>8} {bucket(r['grad_x']):>7} {bucket(r['grad_tau']):>7}")
             test_eq(r['spikes_equal'], True)
@@ -492,7 +493,7 @@ test_eq(worst < 1e-10, True)
 box = lambda x: (x >= 0).to(x.dtype) + (x.clamp(-0.5, 0.5) - x.clamp(-0.5, 0.5).detach())
 for name, kwargs in [("ATan", dict(surrogate=ATan())), ("box lambda", dict(surrogate=box)),
                      ("[T,B,C,H,W], tau per W", dict(trailing=(2, 3, 4, 5), tau_per_neuron=True))]:
-    r = compare_with_reference(33, 3.0, False, **kwargs, backend='torch')
+    r = compare_with_reference(textbook, 33, 3.0, False, **kwargs)
     print(f"{name:24} spikes {'exact' if r['spikes_equal'] else 'DIFF'}, membrane {bucket(r['membrane'])}, "
           f"dL/dX {bucket(r['grad_x'])}, dL/dtau {bucket(r['grad_tau'])}")
     test_eq(r['spikes_equal'], True)
@@ -505,7 +506,7 @@ for name, kwargs in [("ATan", dict(surrogate=ATan())), ("box lambda", dict(surro
 
 # %%
 for T, tau, force_last in [(1, 2.0, False), (16, 2.0, True), (130, 1.01, False), (512, 50.0, True)]:
-    r = compare_with_reference(T, tau, force_last, learnable_threshold=True, tau_per_neuron=True, backend='torch')
+    r = compare_with_reference(textbook, T, tau, force_last, learnable_threshold=True, tau_per_neuron=True)
     print(f"T={T:3} tau={tau:5} force_last={force_last!s:5}: spikes {'exact' if r['spikes_equal'] else 'DIFF'}, "
           f"dL/dX {bucket(r['grad_x'])}, dL/dtau {bucket(r['grad_tau'])}, dL/dV_th {bucket(r['grad_threshold'])}")
     test_eq(r['spikes_equal'], True)
@@ -548,7 +549,7 @@ test_eq(agree[~near_tie].all().item(), True)
 # %%
 for dtype, M in [(torch.float32, 1e20), (torch.float32, 1e30), (torch.float64, 1e100), (torch.float64, 1e300)]:
     for tau in [1.01, 2.0, 50.0]:
-        r = compare_with_reference(300, tau, False, trailing=(16,), dtype=dtype, huge=M, learnable_threshold=True, backend='torch')
+        r = compare_with_reference(textbook, 300, tau, False, trailing=(16,), dtype=dtype, huge=M, learnable_threshold=True)
         print(f"{str(dtype)[6:]:8} M={M:5.0e} tau={tau:5}: spikes {'exact' if r['spikes_equal'] else 'DIFF'}, "
               f"non-finite values exactly where the loop has them: {r['finite_alike']}")
         test_eq((r['spikes_equal'], r['finite_alike']), (True, True))

@@ -18,7 +18,7 @@ from pttfs.parallel import AMOSLIFFunction
 # %%
 #| hide
 from fastcore.test import test_eq, test_ne, test_close, test_fail
-from pttfs.testing import diff_bucket
+from pttfs.dynamics import diff_bucket
 from nbdev.showdoc import show_doc
 
 # %% [markdown]
@@ -318,8 +318,8 @@ test_eq(reduce_tau_grad(torch.ones(6), (2, 3), (3,)), torch.full((3,), 2.0))
 # ## Adding a backend, adding a surrogate
 #
 # A **backend** is one `register_backend(name, function, supports, devices)` call in the module that defines it; the
-# last one registered is tried first by `'auto'`, and the checks of chapter 4 (`compare_with_reference(...,
-# backend=name)`) tell whether it is exact.
+# last one registered is tried first by `'auto'`, and chapter 1's `compare_with_reference(partial(amos_lif_parallel,
+# backend=name), ...)` tells whether it is exact.
 #
 # A **surrogate** (chapter 0: a class with `__call__` and `derivative`) works at once on the `'torch'` backend, which
 # calls `surrogate_derivative`. The compiled backends compute $\Theta'$ themselves, so for them it takes one place per
@@ -343,7 +343,7 @@ test_eq(reduce_tau_grad(torch.ones(6), (2, 3), (3,)), torch.full((3,), 2.0))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Register a backend that calls chapter 1's loop and run `compare_with_reference(..., backend=...)` on it. Which columns of the table must be exact, and why?
+# 1. Register a backend that calls chapter 1's loop and run `compare_with_reference(partial(amos_lif_parallel, backend=...), ...)` on it. Which columns of the table must be exact, and why?
 # 2. Make a surrogate that is not in `_SURROGATE_KIND` and check, with `choose_backend`, which backend `'auto'` picks for it on the CPU.
 # 3. `amos_lif_parallel` computes in at least float32. Call it on a bfloat16 input and compare with the float32 result: where would bfloat16 arithmetic inside the scan lose the spike times?
 

@@ -27,7 +27,7 @@ from pttfs.backends import PARALLEL_BACKENDS
 #| hide
 from fastcore.test import test_eq, test_ne, test_close, test_fail
 from nbdev.showdoc import show_doc
-from pttfs.testing import diff_bucket
+from pttfs.dynamics import diff_bucket
 from pttfs.surrogate import ATan
 torch.set_printoptions(precision=4, sci_mode=False)
 

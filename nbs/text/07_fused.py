@@ -33,7 +33,7 @@ from nbdev.showdoc import show_doc
 from IPython.display import Markdown
 from pttfs.surrogate import Sigmoid, ATan
 from pttfs.backends import amos_lif_parallel, PARALLEL_BACKENDS
-from pttfs.testing import compare_with_reference, diff_bucket
+from pttfs.dynamics import compare_with_reference, diff_bucket
 from pttfs.dynamics import amos_lif_sequential
 torch.set_printoptions(precision=4, sci_mode=False)
 
@@ -339,7 +339,7 @@ box = lambda u: (u >= 0).to(u.dtype)
 print("auto, float32, Sigmoid ->", choose_backend(x, 2.0, Sigmoid()))
 print("auto, float64, ATan    ->", choose_backend(x.double(), 2.0, ATan()))
 print("auto, custom surrogate ->", choose_backend(x, 2.0, box))
-test_fail(lambda: choose_backend(x, 2.0, box, backend='cpu-fused'), exc=ValueError, contains='surrogate')
+test_fail(lambda: choose_backend(x, 2.0, box), exc=ValueError, contains='surrogate')
 test_fail(lambda: choose_backend(x, 2.0, Sigmoid(), backend='gpu'), exc=ValueError, contains='backend')
 
 # %% [markdown]
@@ -351,12 +351,14 @@ test_fail(lambda: choose_backend(x, 2.0, Sigmoid(), backend='gpu'), exc=ValueErr
 # bit-identical):
 
 # %%
+from functools import partial
+fused = partial(amos_lif_parallel, backend='cpu-fused')        # the implementation compare_with_reference checks
 worst = 0.0
 print(f"{'T':>4} {'tau':>7} {'force':>5} {'tau/neuron':>10} | {'spikes':>6} | {'within 1e-12':>12}")
 for T in [1, 2, 16, 65, 512]:
     for tau in [1.01, 2.0, 1000.0]:
         for force_last in [False, True]:
-            r = compare_with_reference(T, tau, force_last, tau_per_neuron=(T % 2 == 0), backend='cpu-fused')
+            r = compare_with_reference(fused, T, tau, force_last, tau_per_neuron=(T % 2 == 0))
             diff = max(r['membrane'], r['grad_x'], r['grad_tau'])
             print(f"{T:4} {tau:7} {force_last!s:>5} {T % 2 == 0!s:>10} | {'exact' if r['spikes_equal'] else 'DIFF':>6} | {diff < 1e-12!s:>12}")
             test_eq(r['spikes_equal'], True)
@@ -366,7 +368,7 @@ test_eq(worst < 1e-10, True)
 # %%
 for name, kwargs in [("ATan", dict(surrogate=ATan())), ("[T,B,C,H,W], tau per W", dict(trailing=(2, 3, 4, 5), tau_per_neuron=True)),
                      ("float32", dict(dtype=torch.float32))]:
-    r = compare_with_reference(40, 3.0, False, backend='cpu-fused', **kwargs)
+    r = compare_with_reference(fused, 40, 3.0, False, **kwargs)
     tolerance = 1e-10 if kwargs.get('dtype') != torch.float32 else 1e-4 * max(1.0, r['grad_x_scale'])
     ok = max(r['membrane'], r['grad_x']) < tolerance
     print(f"{name:24} spikes {'exact' if r['spikes_equal'] else 'DIFF'}, within tolerance: {ok}")
@@ -480,7 +482,7 @@ def crafted_ties(n: int, tau: float, dtype, seed: int = 0) -> Tensor:
 for dtype in (torch.float64, torch.float32):
     x = crafted_ties(20000, 3.0, dtype)
     reference = amos_lif_sequential(x, 3.0)[0]
-    fused = amos_lif_parallel(x, 3.0, backend='cpu-fused')[0]
+    fused = amos_lif_parallel(x, 3.0)[0]
     scan = amos_lif_parallel(x, 3.0, backend='torch')[0]
     print(f"{str(dtype):14} {x.shape[1]:6} ties | loop fires at t=1: {int(reference[1].sum()):6} | cpu-fused differs: "
           f"{int((fused != reference).any(0).sum()):3} | torch scan differs: {int((scan != reference).any(0).sum()):5}")
@@ -503,7 +505,7 @@ torch.manual_seed(2)                # (the scan's roundings depend on the CPU's 
 x = torch.rand(4096, 2000)                                            # T = 4096 steps, 2000 neurons, float32
 reference, ref_membrane = amos_lif_sequential(x, 1000.0, 0.3911)
 first = lambda s: torch.where(s.sum(0) > 0, s.argmax(0), -1)
-fused = amos_lif_parallel(x, 1000.0, 0.3911, backend='cpu-fused')[0]
+fused = amos_lif_parallel(x, 1000.0, 0.3911)[0]
 scan, scan_membrane = amos_lif_parallel(x, 1000.0, 0.3911, backend='torch', return_membrane=True)
 shift = (first(scan) - first(reference)).abs()
 roundings = ((scan_membrane - ref_membrane).abs() / (torch.finfo(torch.float32).eps * ref_membrane.abs())).max()
@@ -590,7 +592,7 @@ print(f"a Python autograd.Function costs {1e3 * (python_ms - cpp_ms):.1f} us mor
 # ## Exercises
 #
 # 1. Time a training step of `AMOSLIF` for N = 2^16, T = 16 with the kernel and with `PTTFS_DISABLE_FUSED=1` (a fresh process each). Predict the ratio first from the number of passes over memory each makes.
-# 2. Add the `FastSigmoid` of exercise 0.1 to the kernel: a number in `_SURROGATE_KIND` and a branch in `theta_prime`; check it with `compare_with_reference(..., backend='cpu-fused')`.
+# 2. Add the `FastSigmoid` of exercise 0.1 to the kernel: a number in `_SURROGATE_KIND` and a branch in `theta_prime`; check it with `compare_with_reference(...)`.
 # 3. The kernel stores $t_f$ and $t_{sf}$ in 8 bits when T ≤ 255. Why 255 and not 256? What would a 16-bit variant cost and save?
 
 # %%

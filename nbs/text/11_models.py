@@ -23,7 +23,7 @@ from pttfs.surrogate import Sigmoid, ATan
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
-from pttfs.testing import diff_bucket
+from pttfs.dynamics import diff_bucket
 
 
 # %% [markdown]
