@@ -152,15 +152,15 @@ test_eq(S, amos_lif_sequential(x, 2.0)[0])
 # %%
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
-fig, ax = plt.subplots(figsize=(6.5, 2.8))
+fig, ax = plt.subplots(figsize=(8.5, 2.8))
 t = range(7)
 ax.plot(t, H[:, 0], 'o-', color='#1a4f8b', label='membrane $H[t]$ (Eqs. 4–6)')
 ax.axhline(1.0, color='#777', ls='--', lw=1, label='$V_{th}$')
 fired = [s for s in t if fake[s, 0]]
 ax.scatter(fired, [H[s, 0] for s in fired], s=160, facecolors='none', edgecolors='#c0392b', lw=1.5, label=r'fake spike $\tilde S$ (Eq. 8)')
 ax.vlines(first.item(), 0, H[first.item(), 0], color='#c0392b', lw=3, label=f'spike at $t_f$ = {first.item()} (Eqs. 7, 9)')
-ax.set_xlabel('t'); ax.set_ylabel('H'); ax.set_xticks(list(t)); ax.legend(fontsize=8, loc='upper left')
-ax.set_title('Eq. 9: the spike is the first fake spike', fontsize=10);
+ax.set_xlabel('t'); ax.set_ylabel('H'); ax.set_xticks(list(t)); ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))   # beside the axes: nothing hidden
+ax.set_title('Eq. 9: the spike is the first fake spike', fontsize=10); fig.tight_layout()
 
 
 # %% [markdown]

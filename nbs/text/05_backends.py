@@ -68,7 +68,7 @@ def register_backend(name: str,  # the name users pass as `backend=`
 #
 # With a single float τ the answer depends only on the input's device, dtype and length and on the surrogate's
 # type, so it is worked out once per such combination and remembered: a neuron layer is called thousands of times
-# with the same ones, and the full choice costs about 1.5 µs of a call of about 10 µs. Registering a backend forgets
+# with the same ones, and the full choice costs a few microseconds per call. Registering a backend forgets
 # the remembered choices.
 
 # %%

@@ -439,7 +439,8 @@ print(sorted(neuron.state_dict()), sorted(AMOSLIF(step_mode='m').state_dict()))
 # $F_k = F_0 + \sum_j S[j]$ is computed with ordinary autograd operations, so what later chunks send back through
 # it reaches every $S[j]$ and $F_0$, as in the loop. Summed over chunks, this is Eq. 15 again: a neuron that fired
 # in an earlier chunk gets its $-g[t_{sf}]$ term through $F_0$ of the chunk that holds its second fake spike.
-# `force_last` cannot be streamed: it needs to know which step is the last.
+# `force_last` needs to know which step is the last, so a stream can apply it only when told the sequence's length
+# (`sequence_length`, below); without it, a streamed `force_last` is refused.
 
 # %%
 #| export

@@ -74,7 +74,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # sequential pass touches each element once, while the time-parallel form makes several passes over the same memory
 # for the same result. The time-parallel form, the `'torch'` backend, should be the better one when $N$ is too small
 # to fill the machine and $T$ is long (a few neurons over thousands of steps, especially on a GPU with thousands of
-# threads to fill): then only time offers the parallelism. We have not measured where the two cross. So the CPU speed-ups of chapter 14 measure fusion (one pass instead of about thirty)
+# threads to fill): then only time offers the parallelism. Chapter 14 races the two there. So the CPU speed-ups of chapter 14 measure fusion (one pass instead of about thirty)
 # and the closed-form backward (no step-by-step mask recursion), not a time-parallel scan.
 #
 # On a CPU the parallel dimension is the neurons: each SIMD lane is one neuron, and a block of neurons walks down
@@ -141,7 +141,8 @@ test_fail(lambda: kernel_excerpt('no_such_function'), exc=ValueError, contains='
 # ## Building it, or not
 #
 # The kernel file is compiled with `torch.utils.cpp_extension.load` the first time a CPU neuron runs (about
-# 30 s, then cached in `~/.cache/torch_extensions`), so `pip install pttfs` needs no compiler. It is built for the
+# once per install, then cached in `~/.cache/torch_extensions`; `pttfs-train` reports how long it took, apart from its
+# epochs), so `pip install pttfs` needs no compiler. It is built for the
 # machine it runs on (`-march=native`); the build's name includes a hash of the file's contents, the flags, the torch
 # version and the CPU's feature flags, so a cache shared between different machines never hands one a binary
 # built for another. It is built with OpenMP (`-fopenmp`), because the kernels split the neurons into blocks with
@@ -270,8 +271,8 @@ print(f"fused kernel: {'built/loaded' if extension is not None else 'unavailable
 #   path is `AMOSLIFRecompute`, a C++ `torch::autograd::Function` at the end of the kernel file, because the
 #   cost there is overhead, not arithmetic: at $2^{10}$–$2^{14}$ neurons the kernels take microseconds, and the
 #   Python around them (the context object, saving tensors, the Python backward and its argument handling) took as
-#   long. In C++ that overhead mostly goes; the bare cost of a Python `autograd.Function` alone is about 2 µs
-#   (measured at the end of this chapter). In inference it skips the graph and does not even allocate $t_f$, $t_{sf}$.
+#   long. In C++ that overhead mostly goes; the bare cost of a Python `autograd.Function` alone is some
+#   microseconds (measured at the end of this chapter). In inference it skips the graph and does not even allocate $t_f$, $t_{sf}$.
 # * **store** (a learnable τ, or the membrane as an output): the forward stores $H$, which the τ gradient and
 #   $\partial\mathcal L/\partial H$ need, and the backward reads it. This path is the Python class below.
 
@@ -339,7 +340,7 @@ box = lambda u: (u >= 0).to(u.dtype)
 print("auto, float32, Sigmoid ->", choose_backend(x, 2.0, Sigmoid()))
 print("auto, float64, ATan    ->", choose_backend(x.double(), 2.0, ATan()))
 print("auto, custom surrogate ->", choose_backend(x, 2.0, box))
-test_fail(lambda: choose_backend(x, 2.0, box), exc=ValueError, contains='surrogate')
+test_fail(lambda: choose_backend(x, 2.0, box, backend='cpu-fused'), exc=ValueError, contains='surrogate')
 test_fail(lambda: choose_backend(x, 2.0, Sigmoid(), backend='gpu'), exc=ValueError, contains='backend')
 
 # %% [markdown]
@@ -482,7 +483,7 @@ def crafted_ties(n: int, tau: float, dtype, seed: int = 0) -> Tensor:
 for dtype in (torch.float64, torch.float32):
     x = crafted_ties(20000, 3.0, dtype)
     reference = amos_lif_sequential(x, 3.0)[0]
-    fused = amos_lif_parallel(x, 3.0)[0]
+    fused = amos_lif_parallel(x, 3.0, backend='cpu-fused')[0]
     scan = amos_lif_parallel(x, 3.0, backend='torch')[0]
     print(f"{str(dtype):14} {x.shape[1]:6} ties | loop fires at t=1: {int(reference[1].sum()):6} | cpu-fused differs: "
           f"{int((fused != reference).any(0).sum()):3} | torch scan differs: {int((scan != reference).any(0).sum()):5}")
@@ -505,7 +506,7 @@ torch.manual_seed(2)                # (the scan's roundings depend on the CPU's 
 x = torch.rand(4096, 2000)                                            # T = 4096 steps, 2000 neurons, float32
 reference, ref_membrane = amos_lif_sequential(x, 1000.0, 0.3911)
 first = lambda s: torch.where(s.sum(0) > 0, s.argmax(0), -1)
-fused = amos_lif_parallel(x, 1000.0, 0.3911)[0]
+fused = amos_lif_parallel(x, 1000.0, 0.3911, backend='cpu-fused')[0]
 scan, scan_membrane = amos_lif_parallel(x, 1000.0, 0.3911, backend='torch', return_membrane=True)
 shift = (first(scan) - first(reference)).abs()
 roundings = ((scan_membrane - ref_membrane).abs() / (torch.finfo(torch.float32).eps * ref_membrane.abs())).max()
@@ -552,8 +553,11 @@ for T in [16, 64, 256]:
 
 # %% [markdown]
 # Two claims of this chapter, measured here rather than asserted (timings, not compared). The kernels split the
-# neurons over the cores, so two threads should take less time than one at a size where the work dominates (at
-# best half: where memory bandwidth, shared by the cores, is the limit, less is gained); and the fixed per-call cost of a Python `autograd.Function`, which `AMOSLIFRecompute` avoids, is the
+# neurons over the cores, so with two *free* cores two threads take less time than one at a size where the work
+# dominates (at best half: where memory bandwidth, shared by the cores, is the limit, less is gained); where
+# another process keeps a core busy, the second thread waits for it and the step takes longer instead, which is
+# why `pttfs-train --threads 1` is the choice beside other work. The cell prints both for the machine as it is when
+# the chapter runs, whichever of the two that is. The second claim: the fixed per-call cost of a Python `autograd.Function`, which `AMOSLIFRecompute` avoids, is the
 # difference between a training step through a Python function that does nothing and the same step through a C++
 # operation that does as little (`view_as`):
 
@@ -592,7 +596,7 @@ print(f"a Python autograd.Function costs {1e3 * (python_ms - cpp_ms):.1f} us mor
 # ## Exercises
 #
 # 1. Time a training step of `AMOSLIF` for N = 2^16, T = 16 with the kernel and with `PTTFS_DISABLE_FUSED=1` (a fresh process each). Predict the ratio first from the number of passes over memory each makes.
-# 2. Add the `FastSigmoid` of exercise 0.1 to the kernel: a number in `_SURROGATE_KIND` and a branch in `theta_prime`; check it with `compare_with_reference(...)`.
+# 2. Add the `FastSigmoid` of exercise 0.1 to the kernel: a number in `_SURROGATE_KIND` and a branch in `theta_prime`; check it with `compare_with_reference(partial(amos_lif_parallel, backend='cpu-fused'), ...)`.
 # 3. The kernel stores $t_f$ and $t_{sf}$ in 8 bits when T ≤ 255. Why 255 and not 256? What would a 16-bit variant cost and save?
 
 # %%

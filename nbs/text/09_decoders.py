@@ -357,7 +357,7 @@ test_eq([reads[n][1] for n in DECODERS], [2, T - 1, 2, 2])
 #
 # 1. Show P1 numerically: at T = 1 the TSD's logits equal `RateDecoder`'s for random output membranes and spikes.
 # 2. Raise the decoder threshold until no output neuron spikes. Which step does the TSD read then, and what happens to the decision time of every sample?
-# 3. Write a decoder that reads each output neuron's largest membrane over time and train it on `digits` with `pttfs-train --dataset digits`. Does it decide earlier or later than the TSD?
+# 3. Write a decoder that reads each output neuron's largest membrane over time and train it on `digits` with chapter 12's `train_epoch` (give a `SpikingClassifier` your decoder; `pttfs-train --decoder` offers only the four of `DECODERS`). Does it decide earlier or later than the TSD?
 
 # %%
 #| hide

@@ -899,12 +899,12 @@ axes[0].legend(fontsize=7, ncol=2)
 fig.suptitle(f"one-lane kernel (solid) against the time-parallel form (dashed), few neurons | {cross['machine'].get('cpu_model')}", fontsize=9)
 fig.tight_layout()
 
-# %% [markdown]
-# per_step = {mode: 1e6 * ctimes[(1, 16384, mode, 'amos')] / 16384 for mode in ('train', 'inference')}
-# print("one-lane kernel at N = 1, T = 2^14: " + ', '.join(f"{mode} {ns:.1f} ns per step" for mode, ns in per_step.items()))
-# for mode in ('train', 'inference'):
-#     trend = [(T, ctimes[(1, T, mode, 'amos-torch')] / ctimes[(1, T, mode, 'amos')]) for T in sorted({k[1] for k in ctimes})]
-#     print(f"N = 1, {mode}: time-parallel / one-lane kernel along T: " + ', '.join(f"{T}: {r:.1f}" for T, r in trend))
+# %%
+per_step = {mode: 1e6 * ctimes[(1, 16384, mode, 'amos')] / 16384 for mode in ('train', 'inference')}
+print("one-lane kernel at N = 1, T = 2^14: " + ', '.join(f"{mode} {ns:.1f} ns per step" for mode, ns in per_step.items()))
+for mode in ('train', 'inference'):
+    trend = [(T, ctimes[(1, T, mode, 'amos-torch')] / ctimes[(1, T, mode, 'amos')]) for T in sorted({k[1] for k in ctimes})]
+    print(f"N = 1, {mode}: time-parallel / one-lane kernel along T: " + ', '.join(f"{T}: {r:.1f}" for T, r in trend))
 
 # %% [markdown]
 # No crossover in the measured range: the one-lane kernel spends nanoseconds per step (printed above), while
@@ -979,7 +979,7 @@ fig.suptitle(f"{m.get('cpu_model')} | {m['torch_threads']} threads | {m['date'][
 # %%
 race = json.loads(Path('../benchmarks/epoch-race.json').read_text())
 median = race['median']
-print(f"machine: {race['machine'].get('cpu_model')}, {race['machine']['torch_threads']} threads; before = {race['before']['revision']}")
+print(f"machine: {race['machine'].get('cpu_model')}, {race['machine']['torch_threads']} threads (the two revisions: benchmarks/epoch-race.json)")
 print(f"{'':24} {'before':>8} {'after':>8} {'before/after':>12}")
 for key, label in [('epoch_seconds', 'one-epoch run (s)'), ('step_ms_bf16', 'step, bfloat16 (ms)'), ('step_ms_float32', 'step, float32 (ms)')]:
     b, a = median['before'][key], median['after'][key]
@@ -1009,8 +1009,9 @@ for row in race['profile_after_bf16'][:8]:
 # alike. The paper's own time-parallel form, raced beside them as PyTorch operations, beats BPTT only where N is
 # small and T long, and never the fused kernel: on two CPU cores the neurons fill the lanes, one pass over memory is
 # what counts, and the one-lane kernel has no crossover with it up to T = 2^14 even at N = 1. In the networks we
-# train, the neuron's gain over LIF and PSN shrinks to tens of percent. In a network the neuron is one layer among many: the epoch of the Fashion-MNIST network gained most from
-# its data pipeline, pooling and bfloat16 input and output, and its step is now bound by the convolutions.
+# train, the neuron's gain over LIF and PSN shrinks to tens of percent. In a network the neuron is one layer among many: the epoch of the Fashion-MNIST network gained about as much as its
+# bfloat16 step (pooling, and the kernel's bfloat16 input and output), the data pipeline little on top, and its step
+# is now bound by the convolutions.
 
 # %% [markdown]
 # ## Exercises

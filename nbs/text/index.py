@@ -216,7 +216,7 @@ for peer in ('sj-lif', 'sj-psn'):
 # | backend | where | what |
 # |---|---|---|
 # | `'torch'` | anywhere | the textbook: one PyTorch operation per equation (chapters 2–4) |
-# | `'cpu-fused'` | CPU, float32/64, `Sigmoid`/`ATan` | a C++/OpenMP kernel (`pttfs/csrc/amos_lif.cpp`) compiled on first use (about 30 s, then cached); one pass forward, one backward; the common fixed-τ call is a C++ autograd node |
+# | `'cpu-fused'` | CPU, float32/64, `Sigmoid`/`ATan` | a C++/OpenMP kernel (`pttfs/csrc/amos_lif.cpp`) compiled on first use (once per install, then cached; the quick start below gives the time); one pass forward, one backward; the common fixed-τ call is a C++ autograd node |
 # | `'triton'` | CUDA, float32/64, `Sigmoid`/`ATan` | the same algorithm in Triton |
 #
 # The two fused kernels run one lane per neuron, sequential over $t$, and compute the same closed forms as the
