@@ -71,7 +71,7 @@ def _announce_build(name: str):
     except Exception: folder = 'torch extensions folder'
     _state['announced'] = True
     print(f"pttfs: compiling the fused CPU kernel ({KERNEL_FILE.name}) into {folder}; this happens once per install "
-          f"and takes about a minute", file=sys.stderr, flush=True)
+          f"(README: Quick start gives the time measured)", file=sys.stderr, flush=True)
 
 # %% ../nbs/07_fused.ipynb #eaf8cfd6
 def load_fused_extension():

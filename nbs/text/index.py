@@ -63,8 +63,7 @@ __all__ = ['Sigmoid', 'ATan', 'amos_lif_sequential', 'amos_lif_parallel', 'AMOSL
 # ```
 #
 # The first call on a CPU compiles the fused C++ kernel, once per install; one line on stderr says so, and the
-# run reports the compile apart from its epoch times. The table at the end of this page gives both times as
-# measured. Without `--out`, each run gets a new folder `runs/DATASET-DATE-TIME`.
+# run reports the compile apart from its epoch times. The end of this page gives both times as measured. Without `--out`, each run gets a new folder `runs/DATASET-DATE-TIME`.
 #
 # The run folder then holds `metrics.jsonl`, `last.pt`, `summary.json`, `accuracy.png` and `t_first.png`; see
 # `pttfs-train --help` for the datasets (MNIST, Fashion-MNIST, CIFAR-10/100 through torchvision), the schedule of
@@ -204,6 +203,17 @@ for peer in ('sj-lif', 'sj-psn'):
     ratios = [r[f'{peer}/amos'] for r in grid['isolated_ratios'] if r['mode'] == 'train' and r.get(f'{peer}/amos')]
     print(f"{peer}: {min(ratios):.1f}x to {max(ratios):.1f}x our time (median {statistics.median(ratios):.1f}x) over "
           f"{len(ratios)} points; {grid['machine']['cpu_model']}, {grid['machine']['cpu_count']} cores, torch {grid['machine']['torch']}")
+
+# %% [markdown]
+# The quick start's first call, from a fresh install (an empty extensions folder, so the kernel is compiled first),
+# timed by `benchmarks/first_call.py`:
+
+# %%
+first = json.load(open(stored / 'first-call.json'))
+for row in first['rows']:
+    print(f"`{first['quick_start']}` from a fresh install: {row['wall_seconds']:.0f} s in all, of which {row['compile_seconds']:.0f} s "
+          f"compiling the kernel (once per install) and {row['run_wall_seconds']:.0f} s training and evaluating; "
+          f"{100 * row['test_accuracy']:.1f} % test accuracy | {first['machine']['cpu_model']}, {first['machine']['cpu_count']} cores")
 
 # %% [markdown]
 # In our setting incremental T does not beat T = 1 trained for the same epochs, and almost every image decides at
