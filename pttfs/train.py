@@ -973,7 +973,7 @@ def plot_run(out: str, history: list, summary: dict):
     bars = ax.bar(range(len(counts)), counts)
     ax.bar_label(bars, labels=[f"{100 * c / sum(counts):.1f}%" if c else '' for c in counts], fontsize=8)   # rare steps stay visible
     ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.margins(y=0.15)
-    ax.set_xlabel('time step of the decision (first output spike)'); ax.set_ylabel('test images')
+    ax.set_xlabel('time step t of the decision (first output spike; t = 0 is the first step)'); ax.set_ylabel('test images')
     ax.set_title(f"When the test images decide: {summary['avg_timesteps']:.2f} steps on average, of T = {summary['T']}", fontsize=10)
     fig.tight_layout(); save_figure(fig, os.path.join(out, 't_first.png'))
 
