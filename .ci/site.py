@@ -21,6 +21,10 @@ BROWSERS = ['chromium-headless-shell', 'chromium', 'chromium-browser', 'google-c
 
 BOOK_CSS = """
 body.book { display: flex; margin: 0; }
+nav.page-contents { margin: .5rem 0 1.5rem; padding: .6rem 1rem; border-left: 3px solid #ddd; font: 14px/1.5 sans-serif; }
+nav.page-contents p { margin: 0 0 .3rem; font-weight: bold; } nav.page-contents ol { margin: 0; padding-left: 1.2rem; }
+nav.page-contents li { list-style: none; } .book-number { color: #777; }
+details.book-fold > summary { cursor: pointer; color: #555; font: 13px sans-serif; margin: .3rem 0; }
 .book-toc { position: sticky; top: 0; height: 100vh; overflow-y: auto; flex: 0 0 17rem; padding: 1rem;
             box-sizing: border-box; border-right: 1px solid #ddd; background: #fafafa; font: 14px/1.4 sans-serif; }
 .book-toc ul { list-style: none; padding-left: 0; } .book-toc li { margin: .35rem 0; padding-left: 1.6rem; text-indent: -1.6rem; }
@@ -39,6 +43,34 @@ body.book { display: flex; margin: 0; }
 # Marks, once the page has loaded and MathJax has finished, whether each image loaded, how many prompts show and how
 # many code blocks are wider than their box: the check reads these from the DOM.
 BOOK_JS = """
+document.addEventListener('DOMContentLoaded', function () {
+  // A book, not an export: chapter N's title reads 'N. Title', its sections 'N.k Title', and a contents list of the
+  // sections follows the title. The ids (the anchors other pages link to) are left as nbconvert made them.
+  var chapter = document.body.getAttribute('data-chapter');
+  var main = document.querySelector('main');
+  if (!main) return;
+  var prefix = function (heading, text) {
+    var node = document.createElement('span'); node.className = 'book-number'; node.textContent = text + ' ';
+    heading.insertBefore(node, heading.firstChild);
+  };
+  var h1 = main.querySelector('h1');
+  if (chapter && h1) prefix(h1, String(Number(chapter)) + '.');
+  var sections = Array.prototype.filter.call(main.querySelectorAll('h2'), function (h) { return h.id; });
+  var entries = sections.map(function (h, k) {
+    if (chapter) prefix(h, Number(chapter) + '.' + (k + 1));
+    var copy = h.cloneNode(true);
+    copy.querySelectorAll('.anchor-link').forEach(function (a) { a.remove(); });
+    return '<li><a href="#' + encodeURIComponent(h.id).replace(/%25/g, '%') + '">' + copy.innerHTML + '</a></li>';
+  });
+  document.body.setAttribute('data-numbered', String(chapter && h1 ? sections.length + 1 : 0));
+  if (entries.length > 1 && h1) {
+    var toc = document.createElement('nav'); toc.className = 'page-contents';
+    toc.innerHTML = '<p>Contents</p><ol>' + entries.join('') + '</ol>';
+    var cell = h1.closest('.jp-Cell') || h1;
+    cell.parentNode.insertBefore(toc, cell.nextSibling);
+  }
+  document.body.setAttribute('data-contents', document.querySelector('nav.page-contents') ? 'yes' : 'no');
+});
 window.addEventListener('load', function () {
   document.querySelectorAll('img').forEach(function (img) {
     img.setAttribute('data-loaded', img.complete && img.naturalWidth > 0 ? 'yes' : 'no');
@@ -52,6 +84,11 @@ window.addEventListener('load', function () {
   });
   document.body.setAttribute('data-cut-code', String(cut.length));
   if (cut.length) document.body.setAttribute('data-cut-example', cut[0].textContent.split('\\n')[0].slice(0, 80));
+  // Plumbing a reader should not have to scroll past: show_doc calls and figure-drawing code, unless folded away.
+  var unfolded = Array.prototype.filter.call(document.querySelectorAll('.jp-InputArea .jp-Editor'), function (code) {
+    return visible(code) && !code.closest('details:not([open])') && /show_doc\\(|plt\\.subplots\\(|Figure\\(figsize/.test(code.textContent);
+  });
+  document.body.setAttribute('data-unfolded', String(unfolded.length));
   var done = function () { document.body.setAttribute('data-mathjax', 'done'); };
   if (window.MathJax && window.MathJax.Hub) window.MathJax.Hub.Queue(done);
   else document.body.setAttribute('data-mathjax', 'missing');
@@ -63,6 +100,9 @@ def chapters():
     "The front page, the chapters in file-name order, then CONTRIBUTING.md: (source, page file name)."
     sources = [NBS / 'index.ipynb'] + sorted(p for p in NBS.glob('[0-9]*.ipynb')) + [ROOT / 'CONTRIBUTING.md']
     return [(source, source.with_suffix('.html').name) for source in sources]
+
+
+FOLDED = r'^show_doc\(|plt\.subplots\(|Figure\(figsize'     # inputs a reader gets folded: show_doc calls, figure drawing
 
 
 def directives(source: str) -> list:
@@ -87,6 +127,7 @@ def page_notebook(path: Path):
             if 'hide' in flags or any(f.startswith('default_exp') for f in flags): continue
             lines = [l for l in cell.source.splitlines() if not l.startswith('#|') and not l.startswith('# NBVAL_')]
             cell.source = '\n'.join(lines).strip('\n')
+            if 'code-fold: true' in flags or re.search(FOLDED, cell.source, re.M): cell.metadata['book_fold'] = True
             if not cell.source and not cell.outputs: continue
             for output in cell.outputs:                        # show_doc's Quarto link attributes are not markdown
                 if 'text/markdown' in output.get('data', {}):
@@ -261,6 +302,9 @@ def check(out: Path) -> int:
             say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
         if '{target=' in text: say("Quarto link attributes left as text ('{target=...}')")
         if dom.body.get('data-prompts') != '0': say(f"input or output prompts shown: {dom.body.get('data-prompts')!r}")
+        if dom.body.get('data-unfolded') != '0': say(f"show_doc or figure-drawing code shown, not folded: {dom.body.get('data-unfolded')!r} cells")
+        if dom.body.get('data-chapter') and dom.body.get('data-numbered') in (None, '0'): say("chapter and sections not numbered")
+        if dom.body.get('data-chapter') and dom.body.get('data-contents') != 'yes': say("no contents list on the page")
         if dom.body.get('data-cut-code') != '0':
             say(f"code wider than its box (cut at the right edge): {dom.body.get('data-cut-code')!r} blocks, "
                 f"the first starting {dom.body.get('data-cut-example', '')!r}")
