@@ -49,6 +49,8 @@ CONFIGS = {
     # the decoder's V_th held through training (the trained-threshold study)
     **{f'inc-v{v}': STAGES + ('--lr-schedule', 'stage-cosine', '--decoder-threshold', str(v)) for v in (2, 4, 10)},
     **{f't4-v{v}': ('--schedule', '4:10', '--decoder-threshold', str(v)) for v in (2, 4, 10)},
+    # a longer budget (the recipe's 20 epochs, 1:12,2:4,4:4) for thresholds that spread the decisions
+    **{f'inc20-v{v}': ('--schedule', '1:12,2:4,4:4', '--lr-schedule', 'stage-cosine', '--decoder-threshold', str(v)) for v in (1, 3, 4)},
 }
 SEEDS = (0, 1, 2)
 EPOCHS = 10
@@ -57,6 +59,12 @@ EPOCHS = 10
 def runs(configs=tuple(CONFIGS), seeds=SEEDS) -> list:
     "(name, flags) of every run, in the order they are advanced: every configuration of a seed before the next seed."
     return [(f'{config}-seed{seed}', CONFIGS[config] + ('--seed', str(seed))) for seed in seeds for config in configs]
+
+
+def epochs_of(flags: tuple) -> int:
+    "The epochs a run's --schedule trains."
+    schedule = flags[flags.index('--schedule') + 1]
+    return sum(int(stage.split(':')[1]) for stage in schedule.split(','))
 
 
 def common(args) -> tuple:
@@ -74,10 +82,10 @@ def train_some_epochs(name: str, flags: tuple, args) -> str:
     folder = os.path.join(args.runs_dir, name)
     done = epochs_done(folder)
     argv = ['pttfs-train', *common(args), *flags, '--data-dir', args.data_dir, '--out', folder, '--threads', str(args.threads),
-            '--stop-after', str(min(EPOCHS, done + args.epochs_per_call))] + (['--resume'] if os.path.exists(os.path.join(folder, 'last.pt')) else [])
+            '--stop-after', str(min(epochs_of(flags), done + args.epochs_per_call))] + (['--resume'] if os.path.exists(os.path.join(folder, 'last.pt')) else [])
     finished = subprocess.run(argv, capture_output=True, text=True)
     if finished.returncode: return f"{name}: failed ({finished.stderr.strip().splitlines()[-1:]})"
-    return f"{name}: epoch {epochs_done(folder)}/{EPOCHS}"
+    return f"{name}: epoch {epochs_done(folder)}/{epochs_of(flags)}"
 
 
 def advance(args):
@@ -86,7 +94,7 @@ def advance(args):
     busy, failed, choosing = set(), set(), threading.Lock()
     def next_run():
         for name, flags in runs(args.configs, args.seeds):
-            if name not in busy and name not in failed and epochs_done(os.path.join(args.runs_dir, name)) < EPOCHS: return name, flags
+            if name not in busy and name not in failed and epochs_done(os.path.join(args.runs_dir, name)) < epochs_of(flags): return name, flags
         return None
     def worker():
         while time.time() < deadline:
@@ -123,7 +131,7 @@ def collect(args):
     rows = []
     for name, flags in runs(args.configs, args.seeds):
         folder = os.path.join(args.runs_dir, name)
-        if epochs_done(folder) < EPOCHS or not os.path.exists(os.path.join(folder, 'summary.json')): continue
+        if epochs_done(folder) < epochs_of(flags) or not os.path.exists(os.path.join(folder, 'summary.json')): continue
         with open(os.path.join(folder, 'summary.json')) as f: summary = json.load(f)
         own, at_one = evaluate(folder, None, args.data_dir), evaluate(folder, 1, args.data_dir)
         precise = evaluate(folder, None, args.data_dir, precise_bn=True) if args.precise_bn else {}
@@ -150,7 +158,7 @@ def collect(args):
     from pttfs.train import describe_machine
     from pttfs.train import atomic_write
     result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
-                  epochs=EPOCHS, train_subset=args.train_subset, planned=[name for name, _ in runs(args.configs, args.seeds)], runs=rows, configs=configs)
+                  epochs=(lambda e: e[0] if len(e) == 1 else e)(sorted({epochs_of(f) for _, f in runs(args.configs, args.seeds)})), train_subset=args.train_subset, planned=[name for name, _ in runs(args.configs, args.seeds)], runs=rows, configs=configs)
     def write(tmp):
         with open(tmp, 'w') as f: json.dump(result, f, indent=1)
     atomic_write(os.path.abspath(args.collect), write)
