@@ -760,7 +760,7 @@ def _finished_run(args, state: dict, total: int) -> dict:
     try:
         with open(path) as f: summary = json.load(f)
     except (ValueError, IsADirectoryError):
-        raise RunError(f"{path} is damaged (not a JSON file): remove it and run --resume again, which writes it anew from "
+        raise RunError(f"{path} is damaged (not JSON, or not a file): remove it and run --resume again, which writes it anew from "
                        f"last.pt ({done} epochs)") from None
     repaired = _repair_run_files(args.out, state['history'], summary)
     print(f"pttfs-train: {args.out} {what}; " + (f"rewrote {', '.join(repaired)}" if repaired else "left as it is"), file=sys.stderr)

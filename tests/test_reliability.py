@@ -252,11 +252,15 @@ def test_edited_settings_are_refused_in_one_line(run, tmp_path, changes, words):
     one_line_error(eval_main(str(folder), '--out', str(tmp_path / 'e.json')), *words)
     one_line_error(train_main(*TINY, '--schedule', '1:1,2:1', '--out', str(folder), '--resume'), *words)
 
-def test_a_decoder_edited_into_another_is_caught(tmp_path):
+def test_settings_edited_into_another_network_are_caught(tmp_path):
+    """Settings that describe weights of other shapes are refused; the check compares what loading needs (names, shapes),
+    so settings that describe the same weights (tq-ttfs edited into twd: one experiment, chapter 9) load."""
     folder = tmp_path / 'tq'
     assert train_main(*TINY, '--schedule', '2:1', '--decoder', 'tq-ttfs', '--out', str(folder)).returncode == 0
+    wider = edited(folder, tmp_path / 'wider', hidden=32)
+    one_line_error(eval_main(str(wider), '--full', '--out', str(tmp_path / 'e.json')), 'another network')
     twd = edited(folder, tmp_path / 'twd', decoder='twd')
-    one_line_error(eval_main(str(twd), '--full', '--out', str(tmp_path / 'e.json')), 'another network')
+    assert eval_main(str(twd), '--full', '--out', str(tmp_path / 'e2.json')).returncode == 0
 
 def test_disk_full_is_one_line_that_says_where_the_run_stands(run, tmp_path, monkeypatch):
     import errno, pttfs.train

@@ -1145,7 +1145,7 @@ def _finished_run(args, state: dict, total: int) -> dict:
     try:
         with open(path) as f: summary = json.load(f)
     except (ValueError, IsADirectoryError):
-        raise RunError(f"{path} is damaged (not a JSON file): remove it and run --resume again, which writes it anew from "
+        raise RunError(f"{path} is damaged (not JSON, or not a file): remove it and run --resume again, which writes it anew from "
                        f"last.pt ({done} epochs)") from None
     repaired = _repair_run_files(args.out, state['history'], summary)
     print(f"pttfs-train: {args.out} {what}; " + (f"rewrote {', '.join(repaired)}" if repaired else "left as it is"), file=sys.stderr)
@@ -1317,8 +1317,9 @@ def _finish(args, model, history, final, test_loader, device, epochs, last_epoch
 
 
 # %% [markdown]
-# Each run folder also gets two figures, drawn by `plot_run` (below on a made-up history, to show what it draws; `mark_stages`
-# marks the stages here and in every learning curve of this book), and the command line wraps `train`: a `RunError`
+# Each run folder also gets two figures, drawn by `plot_run` (below for a short run on `digits` with the decoder
+# threshold at 2, so that the decisions spread over steps; `mark_stages` marks the stages here and in every
+# learning curve of this book), and the command line wraps `train`: a `RunError`
 # becomes one line and exit code 2.
 
 # %%
@@ -1373,7 +1374,7 @@ def plot_run(out: str, history: list, summary: dict):
     bars = ax.bar(range(len(counts)), counts)
     ax.bar_label(bars, labels=[f"{100 * c / sum(counts):.1f}%" if c else '' for c in counts], fontsize=8)   # rare steps stay visible
     ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.margins(y=0.15)
-    ax.set_xlabel('time step of the decision (first output spike)'); ax.set_ylabel('test images')
+    ax.set_xlabel('time step t of the decision (first output spike; t = 0 is the first step)'); ax.set_ylabel('test images')
     ax.set_title(f"When the test images decide: {summary['avg_timesteps']:.2f} steps on average, of T = {summary['T']}", fontsize=10)
     fig.tight_layout(); save_figure(fig, os.path.join(out, 't_first.png'))
 
@@ -1427,13 +1428,12 @@ test_fail(lambda: main(['--schedule', '1:0']), exc=SystemExit)
 # %%
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import Image, display
-history = [dict(epoch=e, T=T, test_accuracy=a) for e, T, a in
-           [(1, 1, 0.42), (2, 1, 0.61), (3, 1, 0.70), (4, 2, 0.74), (5, 2, 0.78), (6, 4, 0.80)]]   # made up, to show the drawing
-summary = dict(dataset='digits', decoder='tsd', schedule='1:3,2:2,4:1', t_first_histogram=[30, 12, 5, 3], avg_timesteps=1.62, T=4)
-with tempfile.TemporaryDirectory() as tmp:
-    plot_run(tmp, history, summary)
-    test_eq(sorted(os.listdir(tmp)), ['accuracy.png', 't_first.png'])
-    for name in ('accuracy.png', 't_first.png'): display(Image(filename=os.path.join(tmp, name), width=420))
+import contextlib
+with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+    train(parse_args(['--dataset', 'digits', '--schedule', '1:3,2:2,4:2', '--hidden', '64', '--channels', '8',
+                      '--decoder-threshold', '2', '--out', f'{tmp}/run']))
+    test_eq(sorted(f for f in os.listdir(f'{tmp}/run') if f.endswith('.png')), ['accuracy.png', 't_first.png'])
+    for name in ('accuracy.png', 't_first.png'): display(Image(filename=os.path.join(tmp, 'run', name), width=640 if name == 'accuracy.png' else 420))
 
 # %%
 #| export

@@ -578,10 +578,9 @@ def verdict(study, name, reference, key='test_accuracy_precise_bn') -> str:
     word = 'no significant difference' if w['p'] >= 0.05 else ('significantly above' if w['difference'] > 0 else 'significantly below')
     return f"{name} - {reference}: {100 * w['difference']:+.2f} points (n = {w['n'][0]}, {w['n'][1]}; Welch p = {w['p']:.3f}): {word}"
 print()
-for name in batch['configs']:
-    if name != 't1-b': print('precise BN:', verdict(batch, name, 't1-b'))
-for name in batch['configs']:
-    if name != 't1-b': print('stored BN: ', verdict(batch, name, 't1-b', 'test_accuracy'))
+compared = [name for name in batch['configs'] if name != 't1-b' and min(len(seeds(batch, n, 'test_accuracy')) for n in (name, 't1-b')) > 1]
+for name in compared: print('precise BN:', verdict(batch, name, 't1-b'))
+for name in compared: print('stored BN: ', verdict(batch, name, 't1-b', 'test_accuracy'))
 
 # %% [markdown]
 # ### Thresholds held through training

@@ -76,7 +76,9 @@ __all__ = ['Sigmoid', 'ATan', 'amos_lif_sequential', 'amos_lif_parallel', 'AMOSL
 #
 # `eval.json` holds the accuracy, the average decision step, Table 5's decision table (the fraction of samples
 # deciding at each step and their accuracy), the spikes spent up to the decision, the steps actually computed and
-# the images per second. Python ≥ 3.9; the install pulls in `torch`, `torchvision`, `matplotlib` and
+# the images per second. **Counting steps:** a decision step `t` counts from 0 (`"t": 0` is the first step, as in
+# the paper's Table 5 and in `t_first.png`), while `avg_timesteps` ("1.05 steps on average") counts the steps a
+# sample needs, $t_{1st} + 1$, so a network that always decides at `t = 0` averages 1.00 steps. Python ≥ 3.9; the install pulls in `torch`, `torchvision`, `matplotlib` and
 # `scikit-learn`. For the notebooks and the tests, install the development extras and run the test suite:
 #
 # ```sh
@@ -125,6 +127,36 @@ for neuron_fn in (amos_lif_parallel, amos_lif_sequential):
 # stop each sample at its decision: `model.predict(images, T, early_exit=True)` gives the full pass's decisions and
 # predictions (also with hidden `force_last` layers and in bfloat16, where the carried state stays float32) while
 # computing only the steps up to each decision; a network with another temporal layer is refused.
+
+# %% [markdown]
+# ### From SpikingJelly: the readout that trains
+#
+# A SpikingJelly classifier usually reads its last spiking layer by firing rate against a one-hot target. With AMOS
+# neurons that readout stalls: each output neuron fires at most once, so its rate is 0 or 1/T, the target is out of
+# reach and the neurons that fired all tie (chapter 6 shows it on a toy task). Read the output layer's *membrane*
+# at the first output spike instead, which is the paper's temporal selector decoder: put your body of SpikingJelly
+# layers and `AMOSLIF` neurons in a `SpikingClassifier` with a `TemporalSelectorDecoder` and train on the
+# cross-entropy of its logits. A run trained by `pttfs-train` loads back into Python with `load_run`.
+
+# %%
+from torch import nn
+from spikingjelly.activation_based import layer, functional
+from pttfs import SpikingClassifier, TemporalSelectorDecoder, load_dataset
+
+torch.manual_seed(0)
+body = nn.Sequential(layer.Flatten(), layer.Linear(64, 128), AMOSLIF())     # digits: 8x8 images
+functional.set_step_mode(body, 'm')                                         # [T, B, ...] through the body
+model = SpikingClassifier(body, TemporalSelectorDecoder(128, 10))            # membranes at the first output spike
+digits = load_dataset('digits')
+images, labels = torch.stack([digits[i][0] for i in range(256)]), torch.tensor([digits[i][1] for i in range(256)])
+optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+for step in range(20):
+    logits, decision = model(images, 4)                                     # T = 4 steps
+    loss = nn.functional.cross_entropy(logits, labels)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    if step in (0, 19): print(f"step {step:2}: loss {loss.item():.3f}, training accuracy {(logits.argmax(1) == labels).float().mean():.2f}, "
+                              f"deciding at t = 0: {(decision == 0).float().mean():.0%}")
+# a run of pttfs-train, back in Python: model = load_run('runs/digits'); logits, decision = model(images, model.trained_T)
 
 # %% [markdown]
 # ## The chapters
