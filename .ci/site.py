@@ -24,6 +24,9 @@ body.book { display: flex; margin: 0; }
 nav.page-contents { margin: .5rem 0 1.5rem; padding: .6rem 1rem; border-left: 3px solid #ddd; font: 14px/1.5 sans-serif; }
 nav.page-contents p { margin: 0 0 .3rem; font-weight: bold; } nav.page-contents ol { margin: 0; padding-left: 1.2rem; }
 nav.page-contents li { list-style: none; } .book-number { color: #777; }
+.jp-RenderedHTMLCommon pre, .jp-RenderedMarkdown pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
+  font-size: 13px; background: #f6f6f6; border: 1px solid #e2e2e2; border-radius: 3px; padding: .5rem .7rem; }
+.jp-RenderedHTMLCommon pre code, .jp-RenderedMarkdown pre code { font-family: inherit; background: none; }
 details.book-fold > summary { cursor: pointer; color: #555; font: 13px sans-serif; margin: .3rem 0; }
 .book-toc { position: sticky; top: 0; height: 100vh; overflow-y: auto; flex: 0 0 17rem; padding: 1rem;
             box-sizing: border-box; border-right: 1px solid #ddd; background: #fafafa; font: 14px/1.4 sans-serif; }
@@ -89,6 +92,15 @@ window.addEventListener('load', function () {
     return visible(code) && !code.closest('details:not([open])') && /show_doc\\(|plt\\.subplots\\(|Figure\\(figsize/.test(code.textContent);
   });
   document.body.setAttribute('data-unfolded', String(unfolded.length));
+  // Every code block a reader sees, Python, C++ or shell, in a monospace font inside a box (text outputs: monospace).
+  var unboxed = Array.prototype.filter.call(document.querySelectorAll('main pre'), function (pre) {
+    if (!visible(pre) || pre.closest('details:not([open])')) return false;
+    var style = window.getComputedStyle(pre);
+    if (!/mono|courier|consolas|menlo/i.test(style.fontFamily)) return true;
+    if (!pre.closest('.jp-RenderedMarkdown, .jp-RenderedHTMLCommon') || pre.closest('.jp-RenderedText')) return false;
+    return style.backgroundColor === 'rgba(0, 0, 0, 0)' && style.borderTopStyle === 'none';
+  });
+  document.body.setAttribute('data-unboxed-code', String(unboxed.length));
   var done = function () { document.body.setAttribute('data-mathjax', 'done'); };
   if (window.MathJax && window.MathJax.Hub) window.MathJax.Hub.Queue(done);
   else document.body.setAttribute('data-mathjax', 'missing');
@@ -302,6 +314,7 @@ def check(out: Path) -> int:
             say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
         if '{target=' in text: say("Quarto link attributes left as text ('{target=...}')")
         if dom.body.get('data-prompts') != '0': say(f"input or output prompts shown: {dom.body.get('data-prompts')!r}")
+        if dom.body.get('data-unboxed-code') != '0': say(f"code not in a monospace box: {dom.body.get('data-unboxed-code')!r} blocks")
         if dom.body.get('data-unfolded') != '0': say(f"show_doc or figure-drawing code shown, not folded: {dom.body.get('data-unfolded')!r} cells")
         if dom.body.get('data-chapter') and dom.body.get('data-numbered') in (None, '0'): say("chapter and sections not numbered")
         if dom.body.get('data-chapter') and dom.body.get('data-contents') != 'yes': say("no contents list on the page")
