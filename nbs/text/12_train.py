@@ -1430,8 +1430,8 @@ test_fail(lambda: main(['--schedule', '1:0']), exc=SystemExit)
 from IPython.display import Image, display
 import contextlib
 with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
-    train(parse_args(['--dataset', 'digits', '--schedule', '1:3,2:2,4:2', '--hidden', '64', '--channels', '8',
-                      '--decoder-threshold', '2', '--out', f'{tmp}/run']))
+    train(parse_args(['--dataset', 'digits', '--schedule', '1:4,2:2,4:2', '--hidden', '64', '--channels', '8',
+                      '--batch-size', '32', '--lr', '0.005', '--decoder-threshold', '2', '--out', f'{tmp}/run']))
     test_eq(sorted(f for f in os.listdir(f'{tmp}/run') if f.endswith('.png')), ['accuracy.png', 't_first.png'])
     for name in ('accuracy.png', 't_first.png'): display(Image(filename=os.path.join(tmp, 'run', name), width=640 if name == 'accuracy.png' else 420))
 
