@@ -343,7 +343,7 @@ def _bench_parser() -> OneLineParser:
     p.add_argument('--overwrite', action='store_true', help="replace --out if it is an earlier pttfs-bench output")
     return p
 
-
+# %% ../nbs/14_benchmark.ipynb #5cb05639
 def parse_args(argv=None):
     "`pttfs-bench`'s flags, checked before any work: a bad one is one line and exit code 2."
     p = _bench_parser()

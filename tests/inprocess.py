@@ -18,3 +18,19 @@ def run_main(module: str, function: str, *args, cwd=None) -> subprocess.Complete
             except SystemExit as e: code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally: os.chdir(here)
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+TINY = ['--dataset', 'digits', '--hidden', '16', '--channels', '4', '--batch-size', '256']   # a run of seconds
+
+
+def train_main(*args, cwd=None): return run_main('pttfs.train', 'main', *args, cwd=cwd)
+def eval_main(*args, cwd=None): return run_main('pttfs.evaluation', 'eval_main', *args, cwd=cwd)
+def bench_main(*args, cwd=None): return run_main('pttfs.bench', 'main', *args, cwd=cwd)
+
+
+def one_line_error(result, *words, code=2):
+    "A refusal as a user sees it: exit `code`, no traceback, and the last line holds every word."
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr[-2000:]
+    assert lines and all(w in lines[-1] for w in words), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-2000:]

@@ -4,19 +4,9 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from inprocess import run_main
+from inprocess import run_main, TINY, train_main, eval_main, bench_main, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--dataset', 'digits', '--hidden', '16', '--channels', '4', '--batch-size', '256']
-
-def train_main(*args, cwd=None): return run_main('pttfs.train', 'main', *args, cwd=cwd)
-def eval_main(*args, cwd=None): return run_main('pttfs.evaluation', 'eval_main', *args, cwd=cwd)
-
-def one_line_error(result, *words, code=2):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == code, result.stderr[-2000:]
-    assert lines and all(w in lines[-1] for w in words), result.stderr[-2000:]
-    assert 'Traceback' not in result.stderr, result.stderr[-2000:]
 
 
 @pytest.fixture(scope='module')

@@ -43,8 +43,8 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # **The three properties.** The paper designs the decoder to meet three properties, which the rest of the book
 # refers to by name (quoted from its section on the decoder):
 #
-# > P1. Guarantee a strong baseline by being functionally equivalent to a rate-based decoder at the minimal
-# > inference time ($T = 1$).
+# > P1. Guarantee a strong baseline by being functionally equivalent
+# > to a rate-based decoder at the minimal inference time ($T = 1$).
 # >
 # > P2. Preserve the primacy of early information by prioritizing the first spikes, thereby supporting adaptive
 # > early stopping capabilities—a hallmark advantage of TTFS.

@@ -840,6 +840,13 @@ def _build_parser() -> OneLineParser:
                    "(default: 1.0, or the last of --stage-thresholds)")
     p.add_argument('--stage-thresholds', default=None, help="the decoder's V_th in each stage of --schedule, e.g. 1,2,4; "
                    "the network keeps the last")
+    return _add_training_flags(p)
+
+
+# %%
+#| export
+def _add_training_flags(p: OneLineParser) -> OneLineParser:
+    "The flags of how the network is trained, and where: schedule, optimisation, data order, device, run folder."
     p.add_argument('--schedule', default=None, help="stages T:epochs, trained in order " + _recipe('schedule'))
     p.add_argument('--batch-size', type=int, default=None, help="images per step, over all processes " + _recipe('batch_size'))
     p.add_argument('--optimizer', default=None, choices=['adam', 'sgd'], help="with the --lr-schedule decay " + _recipe('optimizer'))
@@ -1212,6 +1219,16 @@ def _distributed(model, world_size: int, device):
     return DistributedDataParallel(model, device_ids=[int(str(device).split(':')[1])] if str(device).startswith('cuda') else None)
 
 
+def _build_kernel_first(device, rank: int):
+    "The fused kernel's first build (once per install) before a run's clock starts: it is no epoch's time (summary: compile_seconds)."
+    from pttfs.fused import load_fused_extension, fused_build_seconds
+    if torch.device(device).type != 'cpu': return
+    load_fused_extension()
+    if fused_build_seconds() and rank == 0:
+        print(f"pttfs-train: the fused kernel compiled in {fused_build_seconds():.0f} s (once per install; not counted "
+              f"in the epoch times)", file=sys.stderr, flush=True)
+
+
 def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int, world_size: int, wall_seconds: float) -> dict:
     "Everything `--resume` needs to continue after `epochs_done` epochs exactly as an uninterrupted run would."
     return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -1224,12 +1241,7 @@ def _checkpoint(model, optimizer, scheduler, history, settings, epochs_done: int
 #| export
 def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dict:
     from tqdm import tqdm
-    from pttfs.fused import load_fused_extension, fused_build_seconds
-    if torch.device(device).type == 'cpu':            # the kernel's first build (once per install) before the clock starts:
-        load_fused_extension()                        # it is no epoch's time, and the summary reports it apart
-        if fused_build_seconds() and rank == 0:
-            print(f"pttfs-train: the fused kernel compiled in {fused_build_seconds():.0f} s (once per install; not counted "
-                  f"in the epoch times)", file=sys.stderr, flush=True)
+    _build_kernel_first(device, rank)
     start = time.time()
     state = _load_resume_state(args) if args.resume else None
     if state is not None: args.epochs_saved = state['epochs_done']      # what an error message can say is safe

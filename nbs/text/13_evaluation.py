@@ -1028,6 +1028,18 @@ def load_run(run_dir: str,  # a pttfs-train run folder
 
 # %%
 #| export
+def _recalibrate_from_training_images(model, settings: dict, T: int, data_dir: str, batch_size: int, device):
+    "Precise batch norm (chapter 12) from the run's own training images, unaugmented."
+    from torch.utils.data import DataLoader
+    from pttfs.train import RunError, run_settings, recalibrate_batch_norm, training_subset
+    from pttfs.data import load_dataset
+    try: images = load_dataset(settings['dataset'], data_dir, train=True, augment=False, in_memory=settings['dataset'] != 'digits')
+    except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None
+    images = training_subset(images, run_settings(settings)['train_subset'])
+    batches = images.batches(batch_size) if hasattr(images, 'batches') else DataLoader(images, batch_size=batch_size)
+    recalibrate_batch_norm(model, batches, T, device, run_settings(settings)['bf16'])
+
+
 def evaluate_run(run_dir: str,  # a pttfs-train run folder
                  T: int = None,  # time steps (default: the T of the run's last stage)
                  decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
@@ -1040,16 +1052,11 @@ def evaluate_run(run_dir: str,  # a pttfs-train run folder
     "Evaluate a trained run on its test split, with early exit or over all T steps; the numbers of `eval.json`."
     from tqdm import tqdm
     from torch.utils.data import DataLoader
-    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for, recalibrate_batch_norm, training_subset
+    from pttfs.train import RunError, decision_table, add_spike_counts, run_settings, autocast_for
     from pttfs.data import load_dataset
     settings, model, T, threshold = _run_model(run_dir, T, decoder_threshold)
     model.to(device).eval()
-    if precise_bn:
-        try: images = load_dataset(settings['dataset'], data_dir, train=True, augment=False, in_memory=settings['dataset'] != 'digits')
-        except (FileNotFoundError, ImportError) as e: raise RunError(str(e)) from None
-        images = training_subset(images, run_settings(settings)['train_subset'])
-        batches = images.batches(batch_size) if hasattr(images, 'batches') else DataLoader(images, batch_size=batch_size)
-        recalibrate_batch_norm(model, batches, T, device, run_settings(settings)['bf16'])
+    if precise_bn: _recalibrate_from_training_images(model, settings, T, data_dir, batch_size, device)
     if not full and not isinstance(model.decoder, TemporalSelectorDecoder):
         raise RunError(f"the run's decoder {settings['decoder']!r} reads all T steps, so it cannot exit early: pass --full")
     if test_set is None:

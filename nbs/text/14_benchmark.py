@@ -473,6 +473,8 @@ def _bench_parser() -> OneLineParser:
     return p
 
 
+# %%
+#| export
 def parse_args(argv=None):
     "`pttfs-bench`'s flags, checked before any work: a bad one is one line and exit code 2."
     p = _bench_parser()
@@ -566,8 +568,12 @@ def run(args) -> dict:
 # NBVAL_IGNORE_OUTPUT
 import tempfile
 from pathlib import Path
+import contextlib, io
 with tempfile.TemporaryDirectory() as tmp:
-    main(['--N', '2^10,2^12', '--T', '4,16', '--warmup', '1', '--neurons', 'amos,amos-torch', '--no-network', '--repeats', '2', '--out', f'{tmp}/quick.json'])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(['--N', '2^10,2^12', '--T', '4,16', '--warmup', '1', '--neurons', 'amos,amos-torch', '--no-network', '--repeats', '2', '--out', f'{tmp}/quick.json'])
+    print(printed.getvalue().replace(tmp, 'TMP').strip())                   # the ratios, and where it wrote (no local path)
     test_eq(sorted(os.listdir(tmp)), ['quick-inference.png', 'quick-train.png', 'quick.json'])
     result = json.loads(Path(tmp, 'quick.json').read_text())
 test_eq({r['neuron'] for r in result['isolated']}, {'amos', 'amos-torch'})
@@ -930,7 +936,7 @@ for mode in ('train', 'inference'):
 # %%
 throughput = json.loads(Path('../benchmarks/network-throughput.json').read_text())
 m = throughput['machine']
-print(f"{m.get('cpu_model')}, {m['torch_threads']} threads, {m['date'][:10]}: {throughput['command']}")
+print(f"{m.get('cpu_model')}, {m['torch_threads']} threads: {re.sub(r'--out \S+', '--out benchmarks/network-throughput.json', throughput['command'])}")
 speed = {(r['network'], r['T'], r['precision'], r['mode'], r['neuron']): r['images_per_second'] for r in throughput['rows']}
 print(f"{'network':8} {'T':>2} {'precision':9} {'mode':9} {'AMOS img/s':>10} {'LIF img/s':>10} {'PSN img/s':>10} {'AMOS/LIF':>9} {'AMOS/PSN':>9}")
 for net, T, precision, mode in sorted({k[:4] for k in speed}, key=lambda k: (k[0] != 'fmnist', k[1], k[2], k[3] != 'train')):
