@@ -265,11 +265,12 @@ for row in first['rows']:
 # textbook (the second fake spike, the reversed recursion). That is the right shape when there are many more
 # neurons than time steps, as in every layer of these networks; the textbook backend's scan, parallel over time,
 # might be expected to win for a few neurons over very long sequences, but chapter 14 races the two there and the
-# fused kernel stays ahead. So the CPU speed-ups below measure fusion and the closed-form backward, not a
+# fused kernel stays ahead. So the CPU speed-ups above (and in chapter 14) measure fusion and the closed-form backward, not a
 # time-parallel scan.
 #
 # All of them pass the same exactness checks against the sequential reference. If the C++ kernel cannot be built
-# (no compiler), the neuron falls back to `'torch'` with one warning; `PTTFS_DISABLE_FUSED=1` switches it off.
+# (no compiler), `backend='auto'` falls back to `'torch'` with one warning, and a backend asked for by name is an
+# error that says why; `PTTFS_DISABLE_FUSED=1` switches the kernel off.
 # **Threads.** torch uses one thread per core by default (`OMP_NUM_THREADS` or `torch.set_num_threads` change
 # that); `pttfs-train --threads N` sets it for one run. On a shared machine use fewer: two runs side by side with
 # two threads each on two cores ran 1.6 times slower than with one each, and a run beside a busy process 1.4 times
@@ -314,7 +315,8 @@ for row in first['rows']:
 #   ...) are removed by the next run that takes the lock, and only after it is allowed to write; no other file is.
 # * **A checkpoint is data.** `last.pt` is read with `torch.load(weights_only=True)`, so a planted file runs no
 #   code. Its settings go through the same checks as the command line, and the network they describe must be
-#   the one stored (module by module), so an edited checkpoint is refused in one line.
+#   the stored weights' names and shapes, so an edited checkpoint is refused in one line, while a run made before
+#   a module class was renamed still loads.
 # * **A finished run stays finished.** `--resume` of a run that has all its epochs (or at least `--stop-after`)
 #   trains nothing; it says so in one line (and writes `summary.json` only if a kill took it).
 # * **Checked first.** Flags (with bounds: T ≤ 1024, batch ≤ 2^20, 0 ≤ seed < 2^32, 0 < lr ≤ 1000), `--out`
@@ -336,8 +338,9 @@ for row in first['rows']:
 # and renders exactly what the notebooks store; one small template adds the navigation. (nbdev's own
 # `nbdev_docs` needs Quarto, a separate install outside pip; Sphinx with myst-nb or mkdocs-jupyter would add a second
 # toolchain for the same pages.) `bash .ci/site --check` then opens every page in headless Chromium and fails on a
-# missing page, untypeset TeX, an image that does not load, a dead internal link, a visible input prompt or code cut
-# at the right edge; CI runs it.
+# missing page, untypeset TeX, an image that does not load, a dead internal link, a visible input prompt, code cut
+# at the right edge or not in a monospace box, a chapter without numbered sections or a contents list, and
+# `show_doc` or figure-drawing code left unfolded; CI runs it.
 #
 # How to change the book, and what CI checks, is in [CONTRIBUTING.md](CONTRIBUTING.md): the notebooks are the
 # source, and their stored outputs are tests.
