@@ -582,6 +582,23 @@ compared = [name for name in batch['configs'] if name != 't1-b' and min(len(seed
 for name in compared: print('precise BN:', verdict(batch, name, 't1-b'))
 for name in compared: print('stored BN: ', verdict(batch, name, 't1-b', 'test_accuracy'))
 
+# %%
+# a record of the stored runs that the prose below describes (it fails only if the file changes)
+precise = {name: statistics.mean(seeds(batch, name, 'test_accuracy_precise_bn')) for name in batch['configs']}
+test_eq(all(precise[name] < precise['t1-b'] for name in ('inc-b', 'inc-cosine-b')), True)
+shift = [abs(a - b) for a, b in zip(seeds(batch, 't1-b', 'test_accuracy'), seeds(batch, 't1-b', 'test_accuracy_precise_bn'))]
+test_eq(max(shift) > 0.02, True)                                # recomputing batch norm moved one T = 1 network by > 2 points
+test_eq(all(statistics.mean(d[0]['fraction'] for d in seeds(batch, n, 'decisions_precise_bn')) > 0.95 for n in batch['configs']), True)
+
+# %% [markdown]
+# What it shows, on this subset and budget: **with both confounds removed, P3 still does not hold here.** Both
+# incremental schedules end below the T = 1 control with precise batch norm (the verdicts under the table give the
+# difference, n and Welch's p), and more than 95 % of the test images still decide at t = 0. The schedule was not
+# what held the later stages back. The running averages were a confound of their own: for one T = 1 network they
+# cost more than two points, which recomputing the statistics recovered, so a comparison read from the stored
+# averages measures, in part, the last few training batches. The evaluation with recomputed statistics is the one
+# to trust for TTFS networks; chapter 12's `recalibrate_batch_norm` and `pttfs-eval --precise-bn` make it.
+
 # %% [markdown]
 # ### Thresholds held through training
 #
@@ -647,6 +664,34 @@ ax_late.set(ylabel='accuracy of later deciders %', ylim=(-3, 103))
 fig.suptitle("Figure 13.1: decisions through training, one curve per decoder threshold (seed 0)", fontsize=10)
 fig.tight_layout(); plt.show()
 
+# %%
+# a record of the stored runs that the prose below describes
+at_zero = {n: statistics.mean(d[0]['fraction'] for d in seeds(thresholds, n, 'decisions_precise_bn')) for n in thresholds['configs']}
+accuracy = {n: statistics.mean(seeds(thresholds, n, 'test_accuracy_precise_bn')) for n in thresholds['configs']}
+test_eq((at_zero['inc-v2'] > 0.9, at_zero['inc-v4'] < 0.5, at_zero['inc-v10'] < 0.1), (True, True, True))
+test_eq(all(accuracy[n] < accuracy['inc-b'] for n in ('inc-v2', 'inc-v4', 'inc-v10')), True)
+test_eq(any(all(table5_shape(thresholds, n).values()) for n in thresholds['configs'] if n != 'inc-b'), False)
+before_last = [d for r in thresholds['runs'] if r['config'] == 'inc-v4' for d in r['decisions_precise_bn'][:-1] if d['fraction'] >= 0.01]
+test_eq(all(d['accuracy'] >= 0.95 for d in before_last), True)      # who decides before the last step is right
+last = [r['decisions_precise_bn'][-1]['accuracy'] for r in thresholds['runs'] if r['config'] in ('inc-v4', 'inc-v10')]
+test_eq(max(last) < min(accuracy.values()), True)                    # who waits to the end is read worse than any average
+test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresholds['runs'] if r['config'] in ('inc-v4', 'inc-v10')), True)
+
+
+# %% [markdown]
+# What it shows: **the threshold does move decisions, and it does not buy accuracy.** At $V_{th} = 2$ more than nine
+# images in ten still decide at t = 0; at 4 fewer than half do, and at 10 almost none, every other image waiting for
+# the last step. The images that reach the threshold before the last step are right 95 % of the time or more, as a
+# confidence parameter promises; the images that wait to the last step are read worse than any configuration's
+# average, and every higher threshold ends below $V_{th} = 1$. These networks do use time: read at T = 1, those
+# trained at $V_{th} \ge 4$ lose much of their accuracy (more than 15 points), so their later steps carry
+# information the first step does not. None has Table 5's shape (a majority at t = 0, at least 10 % later, the later
+# ones well above chance, and no loss against $V_{th} = 1$): the thresholds that spread decisions far enough leave too
+# many images waiting for the last step, and the one that keeps a majority at t = 0 spreads too few. Figure 13.1 shows
+# where this is learnt: the share deciding at t = 0 is 100 % at T = 1 for every threshold and falls at the T = 2 and
+# T = 4 stages, furthest for the highest thresholds, so training with more steps and a high threshold teaches the
+# network to wait. We did not find a threshold, in this budget, that gives the paper's trade of latency for accuracy;
+# longer training (the paper trains for hundreds of epochs) is the untested remainder.
 
 # %% [markdown]
 # ### Table 3 with the readout separated from the neuron
@@ -689,6 +734,24 @@ for a, b, what in [('AMOS + rate, T=4', 'LIF (PSN paper) + rate, T=4', "the neur
                    ('AMOS + TSD (V_th 1), T=4', 'AMOS + rate, T=4', "the readout's cost (same neuron)")]:
     if len(table3[a]) > 1 and len(table3[b]) > 1: print(f"{what}:\n  {table3_gap(a, b)}")
 
+# %%
+# a record of the stored runs that the prose below describes
+mean_of = lambda name: statistics.mean(r['test_accuracy'] for r in table3[name])
+test_eq(mean_of('AMOS + rate, T=4') < mean_of('LIF (PSN paper) + rate, T=4'), True)          # the neuron costs, same readout
+test_eq(mean_of('LIF (PSN paper) + rate, T=1') < mean_of('LIF (PSN paper) + rate, T=4'), True)  # four steps pay for LIF
+test_eq(mean_of('AMOS + TSD (V_th 1), T=4') < mean_of('LIF (PSN paper) + rate, T=1'), True)     # one step each: LIF ahead
+gap_one_step = mean_of('LIF (PSN paper) + rate, T=1') - mean_of('AMOS + TSD (V_th 1), T=4')
+gap_table3 = mean_of('LIF (PSN paper) + rate, T=4') - mean_of('AMOS + TSD (V_th 1), T=4')
+test_eq(gap_one_step < gap_table3, True)
+
+
+# %% [markdown]
+# What it shows, with two seeds per row (so Welch's test has little power, and the p values say so): the three-point
+# gap of Table 3 is part readout, part neuron. Read one step each, LIF as the PSN paper configures it is still ahead
+# of our network, by less than in Table 3 (the second gap): the rest of Table 3's gap is what four steps of rate
+# decoding add to LIF. With the same readout and the same four steps (the first gap), our network trails LIF too:
+# one spike per neuron carries less than several, at this budget. Reading our network at a threshold that spreads
+# its decisions ($V_{th} = 4$) does not close the gap (its row above).
 
 # %% [markdown]
 # ### Table 5: the decoder threshold
