@@ -584,6 +584,8 @@ for name in compared: print('stored BN: ', verdict(batch, name, 't1-b', 'test_ac
 
 # %%
 # a record of the stored runs that the prose below describes (it fails only if the file changes)
+test_eq([verdict(batch, n, 't1-b').endswith('significantly below') for n in ('inc-b', 'inc-cosine-b')], [True, True])
+test_eq([verdict(batch, n, 't1-b', 'test_accuracy').endswith('no significant difference') for n in ('inc-b', 'inc-cosine-b')], [True, True])
 precise = {name: statistics.mean(seeds(batch, name, 'test_accuracy_precise_bn')) for name in batch['configs']}
 test_eq(all(precise[name] < precise['t1-b'] for name in ('inc-b', 'inc-cosine-b')), True)
 shift = [abs(a - b) for a, b in zip(seeds(batch, 't1-b', 'test_accuracy'), seeds(batch, 't1-b', 'test_accuracy_precise_bn'))]
@@ -594,9 +596,10 @@ test_eq(all(statistics.mean(d[0]['fraction'] for d in seeds(batch, n, 'decisions
 # What it shows, on this subset and budget: **with both confounds removed, P3 still does not hold here.** Both
 # incremental schedules end below the T = 1 control with precise batch norm (the verdicts under the table give the
 # difference, n and Welch's p), and more than 95 % of the test images still decide at t = 0. The schedule was not
-# what held the later stages back. The running averages were a confound of their own: for one T = 1 network they
-# cost more than two points, which recomputing the statistics recovered, so a comparison read from the stored
-# averages measures, in part, the last few training batches. The evaluation with recomputed statistics is the one
+# what held the later stages back. The running averages were a confound of their own: for the T = 1 networks they
+# cost up to several points (compare the two columns of `t1-b`), which recomputing the statistics recovered, and read
+# from the stored averages the incremental schedules even look better than T = 1 (the last two verdicts, not
+# significant): such a comparison measures, in part, the last few training batches. The evaluation with recomputed statistics is the one
 # to trust for TTFS networks; chapter 12's `recalibrate_batch_norm` and `pttfs-eval --precise-bn` make it.
 
 # %% [markdown]
@@ -670,11 +673,13 @@ at_zero = {n: statistics.mean(d[0]['fraction'] for d in seeds(thresholds, n, 'de
 accuracy = {n: statistics.mean(seeds(thresholds, n, 'test_accuracy_precise_bn')) for n in thresholds['configs']}
 test_eq((at_zero['inc-v2'] > 0.9, at_zero['inc-v4'] < 0.5, at_zero['inc-v10'] < 0.1), (True, True, True))
 test_eq(all(accuracy[n] < accuracy['inc-b'] for n in ('inc-v2', 'inc-v4', 'inc-v10')), True)
+test_eq([welch(seeds(thresholds, n, 'test_accuracy_precise_bn'), seeds(thresholds, 'inc-b', 'test_accuracy_precise_bn'))['p'] < 0.05
+         for n in ('inc-v2', 'inc-v4', 'inc-v10')], [False, True, False])
 test_eq(any(all(table5_shape(thresholds, n).values()) for n in thresholds['configs'] if n != 'inc-b'), False)
 before_last = [d for r in thresholds['runs'] if r['config'] == 'inc-v4' for d in r['decisions_precise_bn'][:-1] if d['fraction'] >= 0.01]
 test_eq(all(d['accuracy'] >= 0.95 for d in before_last), True)      # who decides before the last step is right
-last = [r['decisions_precise_bn'][-1]['accuracy'] for r in thresholds['runs'] if r['config'] in ('inc-v4', 'inc-v10')]
-test_eq(max(last) < min(accuracy.values()), True)                    # who waits to the end is read worse than any average
+test_eq(all(r['decisions_precise_bn'][-1]['accuracy'] < r['test_accuracy_precise_bn']   # at V_th = 4, who waits to the end
+            for r in thresholds['runs'] if r['config'] == 'inc-v4'), True)               # is read worse than the rest
 test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresholds['runs'] if r['config'] in ('inc-v4', 'inc-v10')), True)
 
 
@@ -682,8 +687,9 @@ test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresh
 # What it shows: **the threshold does move decisions, and it does not buy accuracy.** At $V_{th} = 2$ more than nine
 # images in ten still decide at t = 0; at 4 fewer than half do, and at 10 almost none, every other image waiting for
 # the last step. The images that reach the threshold before the last step are right 95 % of the time or more, as a
-# confidence parameter promises; the images that wait to the last step are read worse than any configuration's
-# average, and every higher threshold ends below $V_{th} = 1$. These networks do use time: read at T = 1, those
+# confidence parameter promises; at $V_{th} = 4$ the images that wait to the last step are read worse than the rest,
+# at $V_{th} = 10$ nearly every image waits, and every higher threshold ends below $V_{th} = 1$ on average (with two
+# seeds each, significantly only at 4; the verdicts above). These networks do use time: read at T = 1, those
 # trained at $V_{th} \ge 4$ lose much of their accuracy (more than 15 points), so their later steps carry
 # information the first step does not. None has Table 5's shape (a majority at t = 0, at least 10 % later, the later
 # ones well above chance, and no loss against $V_{th} = 1$): the thresholds that spread decisions far enough leave too
@@ -743,6 +749,7 @@ test_eq(mean_of('AMOS + TSD (V_th 1), T=4') < mean_of('LIF (PSN paper) + rate, T
 gap_one_step = mean_of('LIF (PSN paper) + rate, T=1') - mean_of('AMOS + TSD (V_th 1), T=4')
 gap_table3 = mean_of('LIF (PSN paper) + rate, T=4') - mean_of('AMOS + TSD (V_th 1), T=4')
 test_eq(gap_one_step < gap_table3, True)
+test_eq(mean_of('AMOS + rate, T=4') < mean_of('AMOS + TSD (V_th 1), T=4'), True)              # for AMOS, rate reads no better
 
 
 # %% [markdown]
@@ -750,8 +757,10 @@ test_eq(gap_one_step < gap_table3, True)
 # gap of Table 3 is part readout, part neuron. Read one step each, LIF as the PSN paper configures it is still ahead
 # of our network, by less than in Table 3 (the second gap): the rest of Table 3's gap is what four steps of rate
 # decoding add to LIF. With the same readout and the same four steps (the first gap), our network trails LIF too:
-# one spike per neuron carries less than several, at this budget. Reading our network at a threshold that spreads
-# its decisions ($V_{th} = 4$) does not close the gap (its row above).
+# one spike per neuron carries less than several, at this budget. For our network, rate decoding over four steps ends
+# below the TSD reading one (the third gap, not significant with two seeds), so the neuron, not the readout, accounts
+# for Table 3's gap. Reading our network at a threshold that spreads its decisions
+# ($V_{th} = 4$) does not close the gap (its row above).
 
 # %% [markdown]
 # ### Table 5: the decoder threshold

@@ -936,7 +936,8 @@ for mode in ('train', 'inference'):
 # %%
 throughput = json.loads(Path('../benchmarks/network-throughput.json').read_text())
 m = throughput['machine']
-print(f"{m.get('cpu_model')}, {m['torch_threads']} threads: {re.sub(r'--out \S+', '--out benchmarks/network-throughput.json', throughput['command'])}")
+command = re.sub(r'--out \S+', '--out benchmarks/network-throughput.json', throughput['command'])   # where it was run: no local path
+print(f"{m.get('cpu_model')}, {m['torch_threads']} threads: {command}")
 speed = {(r['network'], r['T'], r['precision'], r['mode'], r['neuron']): r['images_per_second'] for r in throughput['rows']}
 print(f"{'network':8} {'T':>2} {'precision':9} {'mode':9} {'AMOS img/s':>10} {'LIF img/s':>10} {'PSN img/s':>10} {'AMOS/LIF':>9} {'AMOS/PSN':>9}")
 for net, T, precision, mode in sorted({k[:4] for k in speed}, key=lambda k: (k[0] != 'fmnist', k[1], k[2], k[3] != 'train')):
