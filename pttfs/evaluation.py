@@ -173,7 +173,7 @@ def _recalibrate_from_training_images(model, settings: dict, T: int, data_dir: s
     batches = images.batches(batch_size) if hasattr(images, 'batches') else DataLoader(images, batch_size=batch_size)
     recalibrate_batch_norm(model, batches, T, device, run_settings(settings)['bf16'])
 
-
+# %% ../nbs/13_evaluation.ipynb #4cd83c6a
 def evaluate_run(run_dir: str,  # a pttfs-train run folder
                  T: int = None,  # time steps (default: the T of the run's last stage)
                  decoder_threshold: float = None,  # the decoder's V_th (default: the run's)

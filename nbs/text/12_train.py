@@ -932,6 +932,8 @@ def check_args(p: OneLineParser, args):
     return args
 
 
+# %%
+#| export
 def parse_args(argv=None):
     "`pttfs-train`'s flags, checked (see `check_args`); a bad one is one line and exit code 2."
     p = _build_parser()
@@ -1252,7 +1254,6 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
         if os.path.exists(os.path.join(args.out, 'summary.json')):
             return _finished_run(args, state, len(epochs)) if rank == 0 else None
         if rank == 0: print(f"pttfs-train: {args.out} has {last_epoch} epochs; writing its missing summary.json", file=sys.stderr)
-
     args.steps_per_epoch = len(_epoch_loader(args, train_set, 0, rank, world_size))     # batches: the per-batch schedule's unit
     model, optimizer, scheduler = _model_and_optimizer(args, device, len(epochs), state)
     per_batch = scheduler if args.lr_step == 'batch' else None

@@ -1112,6 +1112,8 @@ def _recalibrate_from_training_images(model, settings: dict, T: int, data_dir: s
     recalibrate_batch_norm(model, batches, T, device, run_settings(settings)['bf16'])
 
 
+# %%
+#| export
 def evaluate_run(run_dir: str,  # a pttfs-train run folder
                  T: int = None,  # time steps (default: the T of the run's last stage)
                  decoder_threshold: float = None,  # the decoder's V_th (default: the run's)
