@@ -7,7 +7,6 @@ __all__ = ['PARALLEL_BACKENDS', 'BFLOAT16_BACKENDS', 'register_backend', 'choose
            'amos_lif_parallel', 'kernel_limits', 'flat_tau', 'compact_grad', 'reduce_tau_grad']
 
 # %% ../nbs/05_backends.ipynb #35ad8c4a
-import warnings
 import torch
 from torch import Tensor
 from .surrogate import Sigmoid, ATan

@@ -8,7 +8,6 @@
 
 # %%
 #| export
-import warnings
 import torch
 from torch import Tensor
 from pttfs.surrogate import Sigmoid, ATan
