@@ -40,7 +40,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['pttfs', 'pttfs.*']),
     include_package_data=True,
-    package_data={'pttfs': ['csrc/*.cpp']},          # the fused kernel's C++ source, compiled on first use
+    package_data={'pttfs': ['csrc/*.cpp', 'csrc/*.h']},   # the fused kernel's C++ sources, compiled on first use
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'bench': bench_requirements, 'baselines': baselines_requirements},
     python_requires='>=' + min_python,

@@ -51,6 +51,10 @@ CONFIGS = {
     **{f't4-v{v}': ('--schedule', '4:10', '--decoder-threshold', str(v)) for v in (2, 4, 10)},
     # a longer budget (the recipe's 20 epochs, 1:12,2:4,4:4) for thresholds that spread the decisions
     **{f'inc20-v{v}': ('--schedule', '1:12,2:4,4:4', '--lr-schedule', 'stage-cosine', '--decoder-threshold', str(v)) for v in (1, 3, 4)},
+    # full Fashion-MNIST (run without --train-subset): the recipe's schedule with the rate stepped per batch, and
+    # 22 epochs with longer T = 2 and T = 4 stages and the decoder's V_th held at 3
+    'full-v1': ('--schedule', '1:20,2:1,4:1'),
+    'full-v3': ('--schedule', '1:14,2:4,4:4', '--lr-schedule', 'stage-cosine', '--decoder-threshold', '3'),
 }
 SEEDS = (0, 1, 2)
 EPOCHS = 10

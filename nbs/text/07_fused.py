@@ -101,7 +101,9 @@ torch.set_printoptions(precision=4, sci_mode=False)
 
 # %%
 #| export
-KERNEL_FILE = Path(str(files('pttfs').joinpath('csrc', 'amos_lif.cpp')))   # package data, next to this module
+CSRC = Path(str(files('pttfs').joinpath('csrc')))      # package data, next to this module
+KERNEL_FILE = CSRC / 'amos_lif.cpp'                     # the kernels: the equations on plain pointers
+BUILD_FILES = (KERNEL_FILE, CSRC / 'amos_lif_python.cpp', CSRC / 'amos_lif.h')   # + tensors, autograd node, module
 CPP_SOURCE = KERNEL_FILE.read_text()
 
 def kernel_excerpt(name: str,  # a function (or struct) defined at the top level of the kernel file
@@ -129,8 +131,10 @@ Markdown(f"```cpp\n{kernel_excerpt('backward_step')}\n```")
 # Around them, `forward_kernel` and `backward_kernel` split the neurons into blocks over the cores and run the
 # step for $t = 0, \dots, T-1$ (forward) or $t = T-1, \dots, 0$ (backward); the rest of the file is the branch-free
 # exponential, $\Theta'$ for each surrogate (`theta_prime`: adding a surrogate means a new `kind` there), the
-# Python-facing entry points and the C++ autograd node described below. The excerpts are read, not copied: asking
-# for a name the file does not define is an error.
+# bfloat16 conversions and three entry points that take plain pointers. The tensors, the C++ autograd node described
+# below and the Python module are in a second file, `pttfs/csrc/amos_lif_python.cpp`, and the two share only a small
+# header of those entry points, `amos_lif.h`. The excerpts are read, not copied: asking for a name the file does not
+# define is an error.
 
 # %%
 test_eq(kernel_excerpt('theta_prime').splitlines()[0], 'template <typename scalar_t>')
@@ -140,9 +144,14 @@ test_fail(lambda: kernel_excerpt('no_such_function'), exc=ValueError, contains='
 # %% [markdown]
 # ## Building it, or not
 #
-# The kernel file is compiled with `torch.utils.cpp_extension.load` the first time a CPU neuron runs (about
+# The two files are compiled with `torch.utils.cpp_extension.load` the first time a CPU neuron runs (about
 # once per install, then cached in `~/.cache/torch_extensions`; `pttfs-train` reports how long it took, apart from its
-# epochs), so `pip install pttfs` needs no compiler. It is built for the
+# epochs), so `pip install pttfs` needs no compiler.
+#
+# Why two files: a first build's time is mostly the compiler reading PyTorch's C++ headers, which only the side that
+# handles tensors and Python needs. The kernels include two small headers (ATen's `parallel_for` and c10's bfloat16),
+# the Python side a handful rather than all of `<torch/extension.h>`, and `ninja` compiles the two files side by side,
+# one per core. The cell after the build below reads the includes from the files. It is built for the
 # machine it runs on (`-march=native`); the build's name includes a hash of the file's contents, the flags, the torch
 # version and the CPU's feature flags, so a cache shared between different machines never hands one a binary
 # built for another. It is built with OpenMP (`-fopenmp`), because the kernels split the neurons into blocks with
@@ -186,7 +195,7 @@ def _announce_build(name: str):
         if any(f.endswith('.so') for f in os.listdir(folder)): return
     except Exception: folder = 'torch extensions folder'
     _state['announced'] = True
-    print(f"pttfs: compiling the fused CPU kernel ({KERNEL_FILE.name}) into {folder}; this happens once per install "
+    print(f"pttfs: compiling the fused CPU kernel ({', '.join(f.name for f in BUILD_FILES[:2])}) into {folder}; this happens once per install "
           f"(README: Quick start gives the time measured)", file=sys.stderr, flush=True)
 
 
@@ -213,12 +222,13 @@ def load_fused_extension():
         for flags in _FLAG_SETS:
             # The source's path is part of the name: two installs (a clone and a wheel) never share a build folder,
             # so neither makes the other rebuild.
-            key = '\n'.join([CPP_SOURCE, str(KERNEL_FILE), ' '.join(flags), torch.__version__, _cpu_signature()])
+            key = '\n'.join([*(f.read_text() for f in BUILD_FILES), str(KERNEL_FILE), ' '.join(flags), torch.__version__,
+                             _cpu_signature()])
             name = 'pttfs_fused_' + hashlib.sha256(key.encode()).hexdigest()[:16]
             _announce_build(name)
             start = time.perf_counter()
             try:
-                _state['extension'] = load(name=name, sources=[str(KERNEL_FILE)], extra_cflags=flags,
+                _state['extension'] = load(name=name, sources=[str(f) for f in BUILD_FILES[:2]], extra_cflags=flags,
                                            extra_ldflags=[f for f in flags if f == '-fopenmp'], verbose=False)
                 return _state['extension']
             except Exception as e:
@@ -256,6 +266,20 @@ start = time.perf_counter()
 extension = load_fused_extension()
 print(f"fused kernel: {'built/loaded' if extension is not None else 'unavailable: ' + str(fused_error())} "
       f"in {time.perf_counter() - start:.1f} s")
+
+
+# %% [markdown]
+# What each file asks the compiler to read: the kernels nothing of PyTorch's tensor or autograd API, the Python side
+# no `<torch/extension.h>` (which pulls in all of it):
+
+# %%
+def includes(path) -> list:
+    "The #include lines of a source file, as written."
+    return [line.split(None, 1)[1] for line in path.read_text().splitlines() if line.startswith('#include')]
+
+for f in BUILD_FILES: print(f"{f.name:20} {' '.join(includes(f))}")
+test_eq([h for h in includes(KERNEL_FILE) if h.startswith('<torch/')], [])
+test_eq('<torch/extension.h>' in includes(BUILD_FILES[1]), False)
 
 
 # %% [markdown]

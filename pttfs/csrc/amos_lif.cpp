@@ -4,36 +4,24 @@
 // loop over time: the forward (Eq. 4, then Eqs. 2 and 7-9: the first crossing is the spike) records t_f and the
 // second fake spike t_sf on the way; the backward (Eq. 15's spike gradient from the two gathered values, Eq. 17's
 // masked spatial term, and Eq. 18's recursion backwards in time) gives dL/dX and dL/dtau in one pass.
-// Compiled on first use by torch.utils.cpp_extension.load (pttfs/fused.py: load_fused_extension).
+// Only ATen's parallel_for and c10's bfloat16 come from PyTorch: the tensors, the autograd node and the Python module are in amos_lif_python.cpp.
 //
 // Adding a surrogate: a new `kind` in theta_prime below, and its number in _SURROGATE_KIND (pttfs/fused.py).
 
-#include <torch/extension.h>
+#include "amos_lif.h"
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
+namespace pttfs {
+namespace {
 // One AMOS LIF neuron per SIMD lane, time in the outer loop: every element of every [T, N] tensor is
 // touched once per pass, and a block of neurons keeps its state in cache while the loop walks down time.
 constexpr int64_t BLOCK = 2048;
-
-// A fresh output of many MiB costs one page fault per 4 KiB on first touch, which on some machines takes longer
-// than the kernel itself. Asking Linux for transparent huge pages on the (2 MiB-aligned) inside of a large output,
-// before anything touches it, makes that 512 times fewer faults. A hint only: without THP nothing changes.
-static void advise_huge_pages(const torch::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t huge = uintptr_t(2) << 20, begin = (uintptr_t)t.data_ptr(), bytes = t.numel() * t.element_size();
-  if (bytes < 4 * huge) return;
-  const uintptr_t start = (begin + huge - 1) & ~(huge - 1), end = (begin + bytes) & ~(huge - 1);
-  if (end > start) madvise((void*)start, end - start, MADV_HUGEPAGE);
-#endif
-}
 
 // exp(z) for z <= 0, branch-free so that the compiler vectorises the loops that call it.
 // Range reduction z = k ln2 + r with k = round(z / ln2), |r| <= ln2/2; Taylor polynomial of r; scale by 2^k through the
@@ -249,150 +237,63 @@ void backward_recompute_kernel(const io_t* grad_spikes, const io_t* x, const sca
   });
 }
 
-// The tensors' element type io_t and the type the kernels compute in, scalar_t: float32 and float64 as they are;
-// bfloat16 (autocast's convolutions hand the neuron bfloat16 currents) is read and written as bfloat16 and computed
-// in float32, which gives the spikes and gradients of casting to float32 and back around a float32 call.
-template <typename F>
-static void dispatch_io(at::ScalarType type, F&& body) {
-  if (type == at::kFloat) body(float(), float());
-  else if (type == at::kDouble) body(double(), double());
-  else if (type == at::kBFloat16) body(float(), at::BFloat16());
-  else TORCH_CHECK(false, "the fused AMOS LIF kernel takes float32, float64 or bfloat16, got ", type);
+// The element type io_t and the type the kernels compute in, scalar_t; t_f and t_sf in 8 bits where they fit.
+template <typename F> void dispatch_io(Dtype io, F&& body) {
+  if (io == Dtype::f32) body(float(), float());
+  else if (io == Dtype::f64) body(double(), double());
+  else body(float(), at::BFloat16());
 }
+}  // namespace
 
-// t_f and t_sf in 8 bits when every step and "none" (T) fit: a quarter of int32's memory traffic.
-static bool narrow_indices(int64_t T) { return T <= 255; }
-
-// Python-facing entry points. x, spikes, membrane, grads: [T, N] contiguous; tau: a [N] tensor, or an empty tensor
-// and the number tau_scalar; first/second: int32 [N] (uint8 inside the recomputing node when T <= 255).
-// An undefined tensor stands for "not wanted" (membrane, t_f/t_sf) or "one τ" (tau); Python sees it as None.
-static std::vector<torch::Tensor> forward_impl(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
-                                               bool force_last, bool store_membrane, bool record_indices, bool narrow) {
-  const int64_t T = x.size(0), N = x.numel() / T;
-  TORCH_CHECK(!store_membrane || x.scalar_type() != at::kBFloat16, "the membrane is stored in float32 or float64 only");
-  auto spikes = torch::empty_like(x);
-  auto membrane = store_membrane ? torch::empty_like(x) : torch::Tensor();
-  advise_huge_pages(spikes);
-  if (store_membrane) advise_huge_pages(membrane);
-  auto opts = x.options().dtype(narrow ? torch::kUInt8 : torch::kInt32);
-  auto first = record_indices ? torch::empty({N}, opts) : torch::Tensor();
-  auto second = record_indices ? torch::empty({N}, opts) : torch::Tensor();
-  const bool per_neuron = tau.defined() && tau.numel() > 0;
-  dispatch_io(x.scalar_type(), [&](auto compute, auto io) {
-    using scalar_t = decltype(compute); using io_t = decltype(io);
+void forward(Dtype io, const void* x, const void* tau, double tau_scalar, void* spikes, void* membrane,
+             void* first, void* second, bool narrow_indices, int64_t T, int64_t N, double v_threshold, bool force_last) {
+  dispatch_io(io, [&](auto compute, auto element) {
+    using scalar_t = decltype(compute); using io_t = decltype(element);
     auto run = [&](auto index) {
       using idx_t = decltype(index);
-      auto kernel = per_neuron ? forward_kernel<scalar_t, io_t, idx_t, true> : forward_kernel<scalar_t, io_t, idx_t, false>;
-      kernel(x.data_ptr<io_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
-             spikes.data_ptr<io_t>(), store_membrane ? membrane.data_ptr<scalar_t>() : nullptr,
-             record_indices ? first.data_ptr<idx_t>() : nullptr, record_indices ? second.data_ptr<idx_t>() : nullptr,
-             T, N, (scalar_t)v_threshold, force_last);
+      auto kernel = tau ? forward_kernel<scalar_t, io_t, idx_t, true> : forward_kernel<scalar_t, io_t, idx_t, false>;
+      kernel((const io_t*)x, (const scalar_t*)tau, (scalar_t)tau_scalar, (io_t*)spikes, (scalar_t*)membrane,
+             (idx_t*)first, (idx_t*)second, T, N, (scalar_t)v_threshold, force_last);
     };
-    if (narrow) run(uint8_t()); else run(int32_t());
+    if (narrow_indices) run(uint8_t()); else run(int32_t());
   });
-  return {spikes, membrane, first, second};
 }
 
-std::vector<torch::Tensor> amos_forward(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold,
-                                        bool force_last, bool store_membrane, bool record_indices) {
-  return forward_impl(x, tau, tau_scalar, v_threshold, force_last, store_membrane, record_indices, false);
+void backward(Dtype dt, bool gs_scalar, const void* grad_spikes, const void* grad_membrane, const void* membrane,
+              const void* tau, double tau_scalar, const int32_t* first, const int32_t* second, void* grad_x,
+              void* grad_tau, int64_t T, int64_t N, double v_threshold, bool force_last, int kind, double alpha) {
+  auto typed = [&](auto zero) {
+    using scalar_t = decltype(zero);
+    auto pick = [&](auto per_neuron, auto has_gh) {
+      constexpr bool P = decltype(per_neuron)::value, G = decltype(has_gh)::value;
+      auto kernel = grad_tau ? (gs_scalar ? backward_kernel<scalar_t, P, G, true, true> : backward_kernel<scalar_t, P, G, true, false>)
+                             : (gs_scalar ? backward_kernel<scalar_t, P, G, false, true> : backward_kernel<scalar_t, P, G, false, false>);
+      kernel((const scalar_t*)grad_spikes, (const scalar_t*)grad_membrane, (const scalar_t*)membrane, (const scalar_t*)tau,
+             (scalar_t)tau_scalar, first, second, (scalar_t*)grad_x, (scalar_t*)grad_tau, T, N, (scalar_t)v_threshold,
+             force_last, kind, (scalar_t)alpha);
+    };
+    using yes = std::true_type; using no = std::false_type;
+    if (tau) { if (grad_membrane) pick(yes(), yes()); else pick(yes(), no()); }
+    else { if (grad_membrane) pick(no(), yes()); else pick(no(), no()); }
+  };
+  if (dt == Dtype::f64) typed(double()); else typed(float());
 }
 
-template <typename scalar_t, bool P, bool G>
-static void run_backward(bool want_tau, bool gs_scalar, const scalar_t* gs, const scalar_t* gh, const scalar_t* m, const scalar_t* tau,
-                         scalar_t tau_scalar, const int32_t* f, const int32_t* s, scalar_t* gx, scalar_t* gt, int64_t T, int64_t N,
-                         scalar_t vth, bool force_last, int kind, scalar_t alpha) {
-  auto kernel = want_tau ? (gs_scalar ? backward_kernel<scalar_t, P, G, true, true> : backward_kernel<scalar_t, P, G, true, false>)
-                         : (gs_scalar ? backward_kernel<scalar_t, P, G, false, true> : backward_kernel<scalar_t, P, G, false, false>);
-  kernel(gs, gh, m, tau, tau_scalar, f, s, gx, gt, T, N, vth, force_last, kind, alpha);
-}
-
-std::vector<torch::Tensor> amos_backward(torch::Tensor grad_spikes, torch::Tensor grad_membrane, torch::Tensor membrane,
-                                         torch::Tensor tau, double tau_scalar, torch::Tensor first, torch::Tensor second,
-                                         double v_threshold, bool force_last, int64_t kind, double alpha, bool need_tau) {
-  const int64_t T = membrane.size(0), N = membrane.numel() / T;
-  auto grad_x = torch::empty_like(membrane);
-  advise_huge_pages(grad_x);
-  auto grad_tau = need_tau ? torch::empty({N}, membrane.options()) : torch::Tensor();
-  const bool has_gh = grad_membrane.numel() > 0, per_neuron = tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
-  TORCH_CHECK(first.scalar_type() == torch::kInt32, "amos_backward reads int32 t_f and t_sf (amos_forward's)");
-  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "amos_backward", [&] {
-    auto run = per_neuron ? (has_gh ? run_backward<scalar_t, true, true> : run_backward<scalar_t, true, false>)
-                          : (has_gh ? run_backward<scalar_t, false, true> : run_backward<scalar_t, false, false>);
-    run(need_tau, gs_scalar, grad_spikes.data_ptr<scalar_t>(), has_gh ? grad_membrane.data_ptr<scalar_t>() : nullptr,
-        membrane.data_ptr<scalar_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr, (scalar_t)tau_scalar,
-        first.data_ptr<int32_t>(), second.data_ptr<int32_t>(), grad_x.data_ptr<scalar_t>(),
-        need_tau ? grad_tau.data_ptr<scalar_t>() : nullptr, T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
-  });
-  return {grad_x, grad_tau};
-}
-
-torch::Tensor amos_backward_recompute(torch::Tensor grad_spikes, torch::Tensor x, torch::Tensor tau, double tau_scalar,
-                                      torch::Tensor first, torch::Tensor second, double v_threshold, bool force_last,
-                                      int64_t kind, double alpha) {
-  const int64_t T = x.size(0), N = x.numel() / T;
-  TORCH_CHECK(grad_spikes.scalar_type() == x.scalar_type(), "dL/dS and x must have one dtype");
-  auto grad_x = torch::empty_like(x);
-  advise_huge_pages(grad_x);
-  const bool per_neuron = tau.defined() && tau.numel() > 0, gs_scalar = grad_spikes.numel() == 1;
-  dispatch_io(x.scalar_type(), [&](auto compute, auto io) {
-    using scalar_t = decltype(compute); using io_t = decltype(io);
+void backward_recompute(Dtype io, bool gs_scalar, const void* grad_spikes, const void* x, const void* tau,
+                        double tau_scalar, const void* first, const void* second, bool narrow_indices, void* grad_x,
+                        int64_t T, int64_t N, double v_threshold, bool force_last, int kind, double alpha) {
+  dispatch_io(io, [&](auto compute, auto element) {
+    using scalar_t = decltype(compute); using io_t = decltype(element);
     auto run = [&](auto index) {
       using idx_t = decltype(index);
-      auto kernel = per_neuron ? (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, true, true>
-                                            : backward_recompute_kernel<scalar_t, io_t, idx_t, true, false>)
-                               : (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, false, true>
-                                            : backward_recompute_kernel<scalar_t, io_t, idx_t, false, false>);
-      kernel(grad_spikes.data_ptr<io_t>(), x.data_ptr<io_t>(), per_neuron ? tau.data_ptr<scalar_t>() : nullptr,
-             (scalar_t)tau_scalar, first.data_ptr<idx_t>(), second.data_ptr<idx_t>(), grad_x.data_ptr<io_t>(),
-             T, N, (scalar_t)v_threshold, force_last, (int)kind, (scalar_t)alpha);
+      auto kernel = tau ? (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, true, true>
+                                     : backward_recompute_kernel<scalar_t, io_t, idx_t, true, false>)
+                        : (gs_scalar ? backward_recompute_kernel<scalar_t, io_t, idx_t, false, true>
+                                     : backward_recompute_kernel<scalar_t, io_t, idx_t, false, false>);
+      kernel((const io_t*)grad_spikes, (const io_t*)x, (const scalar_t*)tau, (scalar_t)tau_scalar, (const idx_t*)first,
+             (const idx_t*)second, (io_t*)grad_x, T, N, (scalar_t)v_threshold, force_last, kind, (scalar_t)alpha);
     };
-    if (first.scalar_type() == torch::kUInt8) run(uint8_t()); else run(int32_t());
+    if (narrow_indices) run(uint8_t()); else run(int32_t());
   });
-  return grad_x;
 }
-
-// The recomputing path (τ fixed, one or one per neuron; spikes only) as one C++ autograd node: forward saves x, t_f
-// and t_sf, backward recomputes H. At 2^10-2^14 neurons the Python around the kernels (context, saved tensors, the
-// Python backward and its argument handling) costs as much as the kernels, and every hidden layer of a fixed-τ
-// network makes this call.
-static torch::Tensor one_number_or_contiguous(const torch::Tensor& grad) {     // compact_grad, in C++
-  bool broadcast = grad.numel() == 1;
-  if (!broadcast) { broadcast = true; for (auto stride : grad.strides()) broadcast = broadcast && stride == 0; }
-  return broadcast ? grad.as_strided({1}, {1}) : grad.contiguous();
-}
-
-struct AMOSLIFRecompute : public torch::autograd::Function<AMOSLIFRecompute> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor tau, double tau_scalar,
-                               double v_threshold, bool force_last, int64_t kind, double alpha) {
-    auto results = forward_impl(x, tau, tau_scalar, v_threshold, force_last, false, true, narrow_indices(x.size(0)));
-    ctx->save_for_backward({x, tau, results[2], results[3]});
-    ctx->saved_data["tau"] = tau_scalar; ctx->saved_data["v_threshold"] = v_threshold; ctx->saved_data["force_last"] = force_last;
-    ctx->saved_data["kind"] = kind; ctx->saved_data["alpha"] = alpha;
-    return results[0];
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    auto grad_x = amos_backward_recompute(one_number_or_contiguous(grads[0]), saved[0], saved[1],
-                                          ctx->saved_data["tau"].toDouble(), saved[2], saved[3],
-                                          ctx->saved_data["v_threshold"].toDouble(), ctx->saved_data["force_last"].toBool(),
-                                          ctx->saved_data["kind"].toInt(), ctx->saved_data["alpha"].toDouble());
-    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
-// tau: the [N] values, or an empty tensor and the number tau_scalar. τ must not need a gradient here.
-torch::Tensor amos_lif_recompute(torch::Tensor x, torch::Tensor tau, double tau_scalar, double v_threshold, bool force_last,
-                                 int64_t kind, double alpha) {
-  x = x.contiguous();
-  if (!(torch::GradMode::is_enabled() && x.requires_grad()))        // inference: no graph, no t_f/t_sf to keep
-    return amos_forward(x, tau, tau_scalar, v_threshold, force_last, false, false)[0];
-  return AMOSLIFRecompute::apply(x, tau, tau_scalar, v_threshold, force_last, kind, alpha);
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("amos_forward", &amos_forward, "forward: spikes, membrane (if stored), t_f and t_sf");
-  m.def("amos_backward", &amos_backward, "backward from the stored membrane: dL/dX and dL/dtau");
-  m.def("amos_backward_recompute", &amos_backward_recompute, "backward that recomputes the membrane from x: dL/dX");
-  m.def("amos_lif_recompute", &amos_lif_recompute, "forward whose C++ autograd node recomputes the membrane in the backward");
-}
+}  // namespace pttfs
