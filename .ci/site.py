@@ -57,10 +57,11 @@ document.addEventListener('DOMContentLoaded', function () {
     heading.insertBefore(node, heading.firstChild);
   };
   var h1 = main.querySelector('h1');
-  if (chapter && h1) prefix(h1, String(Number(chapter)) + '.');
+  var label = /^[0-9]+$/.test(chapter || '') ? String(Number(chapter)) : chapter;   // '07' -> '7'; appendices 'A', 'B', ...
+  if (chapter && h1 && !/^Appendix/.test(h1.textContent.trim())) prefix(h1, label + '.');   // 'Appendix A: ...' says it
   var sections = Array.prototype.filter.call(main.querySelectorAll('h2'), function (h) { return h.id; });
   var entries = sections.map(function (h, k) {
-    if (chapter) prefix(h, Number(chapter) + '.' + (k + 1));
+    if (chapter) prefix(h, label + '.' + (k + 1));
     var copy = h.cloneNode(true);
     copy.querySelectorAll('.anchor-link').forEach(function (a) { a.remove(); });
     return '<li><a href="#' + encodeURIComponent(h.id).replace(/%25/g, '%') + '">' + copy.innerHTML + '</a></li>';
@@ -106,6 +107,16 @@ window.addEventListener('load', function () {
   else document.body.setAttribute('data-mathjax', 'missing');
 });
 """
+
+
+APPENDIX_FROM = 15      # notebooks numbered from here are appendices, lettered A, B, ... (CONTRIBUTING.md)
+
+
+def book_number(file: str) -> str:
+    "A page's number in the book: '7' for 07_fused.html, 'A' for 15_runs.html, '' for pages outside the chapters."
+    if not file[0].isdigit(): return ''
+    n = int(file.split('_')[0])
+    return str(n) if n < APPENDIX_FROM else chr(ord('A') + n - APPENDIX_FROM)
 
 
 def chapters():
@@ -213,7 +224,7 @@ def build(out: Path):
     for f in served: write_file(out, str(f), lambda path, f=f: shutil.copyfile(mathjax / f.relative_to('mathjax'), path))
     write_file(out, 'book.css', lambda path: path.write_text(BOOK_CSS))
     write_file(out, 'book.js', lambda path: path.write_text(BOOK_JS))
-    pages = [dict(file=file, title=title_of(nb) or file, number=file.split('_')[0] if file[0].isdigit() else '')
+    pages = [dict(file=file, title=title_of(nb) or file, number=book_number(file))
              for nb, file in notebooks]
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE.parent)], template_name=TEMPLATE.name,
                             mathjax_url=f'mathjax/MathJax.js?config={config},Safe')

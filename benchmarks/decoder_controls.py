@@ -159,8 +159,8 @@ def collect(args):
         if args.precise_bn: configs[config].update(test_accuracy_precise_bn=spread('test_accuracy_precise_bn'),
                                                    avg_timesteps_precise_bn=spread('avg_timesteps_precise_bn'))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from pttfs.train import describe_machine
-    from pttfs.train import atomic_write
+    from pttfs.runs import describe_machine
+    from pttfs.runs import atomic_write
     result = dict(command='python benchmarks/decoder_controls.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'),
                   epochs=(lambda e: e[0] if len(e) == 1 else e)(sorted({epochs_of(f) for _, f in runs(args.configs, args.seeds)})), train_subset=args.train_subset, planned=[name for name, _ in runs(args.configs, args.seeds)], runs=rows, configs=configs)
     def write(tmp):

@@ -7,8 +7,8 @@ The test images are decoded once into a tensor. For each T, the full evaluation 
 """
 import argparse, datetime, json, os, platform, statistics, sys
 import torch
-from pttfs.evaluation import evaluate_run
-from pttfs.train import atomic_write, load_checkpoint
+from pttfs.run_eval import evaluate_run
+from pttfs.runs import atomic_write, load_checkpoint
 from pttfs.data import load_dataset
 
 p = argparse.ArgumentParser()

@@ -10,8 +10,8 @@ import argparse, json, os, sys, time
 import torch
 from torch import nn
 from torch.profiler import profile, ProfilerActivity
-from pttfs.train import model_for, parse_args, autocast_for, atomic_write
-from pttfs.train import describe_machine
+from pttfs.runs import model_for, atomic_write; from pttfs.train_cli import parse_args; from pttfs.train import autocast_for
+from pttfs.runs import describe_machine
 from pttfs.data import load_dataset
 
 

@@ -19,7 +19,7 @@ import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 STEP_SNIPPET = r'''
 import json, time, torch
 from torch import nn
-from pttfs.train import model_for, parse_args, autocast_for
+from pttfs.runs import model_for; from pttfs.train_cli import parse_args; from pttfs.train import autocast_for
 out = {}
 for bf16 in (False, True):
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ PROFILE_SNIPPET = r'''
 import json, torch
 from torch import nn
 from torch.profiler import profile, ProfilerActivity
-from pttfs.train import model_for, parse_args, autocast_for
+from pttfs.runs import model_for; from pttfs.train_cli import parse_args; from pttfs.train import autocast_for
 torch.manual_seed(0)
 model = model_for(vars(parse_args(['--dataset', 'fashion-mnist', '--convs-per-block', '2', '--schedule', '1:1', '--out', 'unused'])))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -74,7 +74,7 @@ def run_python(checkout: str, code: str, ext_dir: str, args=()) -> str:
 def epoch_seconds(checkout: str, data_dir: str, ext_dir: str, out: str) -> float:
     argv = ['pttfs-train', '--dataset', 'fashion-mnist', '--data-dir', data_dir, '--augment', '--convs-per-block', '2',
             '--bf16', '--schedule', '1:1', '--out', out]
-    code = 'import sys; from pttfs.train import main; sys.argv = sys.argv[1:]; main()'
+    code = 'import sys; from pttfs.train_cli import main; sys.argv = sys.argv[1:]; main()'
     start = time.perf_counter()
     run_python(checkout, code, ext_dir, argv)
     return time.perf_counter() - start
@@ -91,8 +91,8 @@ if __name__ == '__main__':
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data_dir = os.path.abspath(args.data_dir)
     sys.path.insert(0, here)
-    from pttfs.train import describe_machine
-    from pttfs.train import atomic_write
+    from pttfs.runs import describe_machine
+    from pttfs.runs import atomic_write
     scratch = tempfile.mkdtemp(prefix='pttfs-race-')
     before = os.path.join(scratch, 'before')
     subprocess.run(['git', '-C', here, 'worktree', 'add', '--detach', before, args.before], check=True, capture_output=True)

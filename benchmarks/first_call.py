@@ -11,7 +11,7 @@ p.add_argument('--out', required=True)
 p.add_argument('--repeats', type=int, default=1, help="fresh installs timed, one after the other")
 args = p.parse_args()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pttfs.train import describe_machine, atomic_write
+from pttfs.runs import describe_machine, atomic_write
 
 rows = []
 for _ in range(args.repeats):

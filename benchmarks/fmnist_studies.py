@@ -9,7 +9,7 @@ shape, not the paper's numbers. `--only neurons-equal --seed S` runs one seed of
 `--only readout-t1 readout-t4 --seed S` the same with the readout separated from the neuron.
 """
 import argparse, os
-from pttfs.evaluation import ablation
+from pttfs.run_eval import ablation
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument('--data-dir', default='../shared/data')

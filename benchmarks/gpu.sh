@@ -62,7 +62,7 @@ print("float32 T=4096 finite; autocast bf16 finite; all CUDA checks passed")
 PY
 
 # 2. the benchmark sweep on the GPU (the paper's grid, trimmed to fit the time)
-timeout 400 python3 -c "from pttfs.bench import main; main()" --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
+timeout 400 python3 -c "from pttfs.bench_cli import main; main()" --device cuda --N 2^10,2^14,2^18,2^20 --T 2,4,16,64,256,1024 \
   --network-T 4 --network-B 16,32 --network-C 256 --repeats 20 --peak-memory --out "$out/gpu.json" 2>&1 | tail -40
 
 fi
@@ -70,7 +70,7 @@ fi
 # 3. a short MNIST training run on the GPU: the CPU recipe of chapter 13 with CUDA and AMP (about 2-4 minutes)
 if [ "$part" = mnist ] && ls .data/*-ubyte.gz >/dev/null 2>&1; then
   mkdir -p /tmp/data/MNIST/raw && for f in .data/*-ubyte.gz; do gunzip -c "$f" > /tmp/data/MNIST/raw/$(basename "$f" .gz); done
-  timeout 420 python3 -c "from pttfs.train import main; main()" --dataset mnist --data-dir /tmp/data --augment \
+  timeout 420 python3 -c "from pttfs.train_cli import main; main()" --dataset mnist --data-dir /tmp/data --augment \
     --schedule 1:12,2:4,4:3 --batch-size 128 --workers 8 --device cuda --out /tmp/mnist-gpu 2>&1 | tail -5
   cp /tmp/mnist-gpu/summary.json "$out/gpu-mnist-summary.json"; cp /tmp/mnist-gpu/metrics.jsonl "$out/gpu-mnist-metrics.jsonl"
 elif [ "$part" = mnist ]; then

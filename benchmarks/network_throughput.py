@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pttfs.train import model_for, parse_args, autocast_for, describe_machine, atomic_write
+from pttfs.runs import model_for, describe_machine, atomic_write; from pttfs.train_cli import parse_args; from pttfs.train import autocast_for
 
 NETWORKS = {  # name: (pttfs-train flags, batch, Ts)
     'fmnist': (['--dataset', 'fashion-mnist', '--convs-per-block', '2'], 128, (1, 4, 8)),

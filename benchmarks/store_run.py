@@ -5,8 +5,8 @@ summary and every epoch's metrics.
     python benchmarks/store_run.py RUN_DIR --command "pttfs-train ..." --wall-seconds S --out benchmarks/NAME.json
 """
 import argparse, json, os
-from pttfs.train import describe_machine
-from pttfs.train import atomic_write
+from pttfs.runs import describe_machine
+from pttfs.runs import atomic_write
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument('run_dir')

@@ -16,7 +16,7 @@ if __name__ == '__main__':
     p.add_argument('--out', required=True)
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from pttfs.train import describe_machine, atomic_write
+    from pttfs.runs import describe_machine, atomic_write
     result = dict(command='python benchmarks/threshold_sweep.py ' + ' '.join(sys.argv[1:]), machine=describe_machine('cpu'), runs=[])
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs:

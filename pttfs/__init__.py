@@ -17,7 +17,7 @@ from .neuron import AMOSLIF
 from .decoders import TemporalSelectorDecoder, RateDecoder
 from .data import load_dataset, direct_encode
 from .models import build_model, SpikingClassifier
-from .evaluation import load_run
+from .run_eval import load_run
 
 __all__ = ['Sigmoid', 'ATan', 'amos_lif_sequential', 'amos_lif_parallel', 'AMOSLIF', 'TemporalSelectorDecoder',
            'RateDecoder', 'load_dataset', 'direct_encode', 'build_model', 'SpikingClassifier', 'load_run']

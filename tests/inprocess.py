@@ -23,9 +23,9 @@ def run_main(module: str, function: str, *args, cwd=None) -> subprocess.Complete
 TINY = ['--dataset', 'digits', '--hidden', '16', '--channels', '4', '--batch-size', '256']   # a run of seconds
 
 
-def train_main(*args, cwd=None): return run_main('pttfs.train', 'main', *args, cwd=cwd)
-def eval_main(*args, cwd=None): return run_main('pttfs.evaluation', 'eval_main', *args, cwd=cwd)
-def bench_main(*args, cwd=None): return run_main('pttfs.bench', 'main', *args, cwd=cwd)
+def train_main(*args, cwd=None): return run_main('pttfs.train_cli', 'main', *args, cwd=cwd)
+def eval_main(*args, cwd=None): return run_main('pttfs.run_eval', 'eval_main', *args, cwd=cwd)
+def bench_main(*args, cwd=None): return run_main('pttfs.bench_cli', 'main', *args, cwd=cwd)
 
 
 def one_line_error(result, *words, code=2):

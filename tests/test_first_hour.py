@@ -20,7 +20,7 @@ def broken_torchvision(tmp_path_factory):
 @pytest.mark.parametrize('flags', [['--dataset', 'fashion-mnist'], ['--dataset', 'mnist', '--data-dir', '/nonexistent/dir']])
 def test_a_broken_torchvision_is_one_line(flags, broken_torchvision, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(broken_torchvision))
-    code = f"from pttfs.train import main; main({[*flags, '--out', str(tmp_path / 'r')]!r})"
+    code = f"from pttfs.train_cli import main; main({[*flags, '--out', str(tmp_path / 'r')]!r})"
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
     one_line_error(result, 'torchvision cannot be loaded', 'pip install')
     assert not (tmp_path / 'r').exists()

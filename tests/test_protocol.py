@@ -3,15 +3,15 @@ import hashlib, json, subprocess, sys
 import pytest
 import torch
 from torchvision.datasets import FakeData
-import pttfs.train as train_module
+import pttfs.train_cli as train_module
 from pttfs.data import dataset_transform
 from pttfs.decoders import DECODERS
-from pttfs.train import parse_args, train, RECIPES
+from pttfs.train_cli import parse_args, train; from pttfs.runs import RECIPES
 
 TINY = ['--dataset', 'digits', '--hidden', '16', '--channels', '4', '--batch-size', '256']
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, '-m', 'pttfs.train', *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, '-m', 'pttfs.train_cli', *args], capture_output=True, text=True, timeout=timeout)
 
 def one_line_error(result, *words):
     lines = result.stderr.strip().splitlines()
@@ -40,7 +40,7 @@ def test_unknown_recipe_or_neuron_lists_the_choices(tmp_path, capsys):
 
 def test_baseline_without_spikingjelly_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['spikingjelly'] = None\n"                    # as if it were not installed
-            "from pttfs.train import main; main(sys.argv[1:])")
+            "from pttfs.train_cli import main; main(sys.argv[1:])")
     result = subprocess.run([sys.executable, '-c', code, *TINY, '--neuron', 'lif', '--out', str(tmp_path / 'run')],
                             capture_output=True, text=True, timeout=120)
     one_line_error(result, '--neuron lif', 'pttfs[baselines]')

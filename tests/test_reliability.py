@@ -26,7 +26,7 @@ def copy_of(folder, to):
 
 def edited(folder, to, **changes):
     "A copy of a run whose checkpoint has other settings, with a valid checksum (as an editing user would leave it)."
-    from pttfs.train import load_checkpoint, save_checkpoint
+    from pttfs.runs import load_checkpoint, save_checkpoint
     copy = copy_of(folder, to)
     state = load_checkpoint(str(copy / 'last.pt'))
     for key, value in changes.items():
@@ -54,8 +54,8 @@ def test_a_second_eval_is_refused_and_overwrite_replaces_only_its_own(run, tmp_p
     assert json.loads((folder / 'eval.json').read_text())['T'] == 1
 
 def test_eval_checks_out_before_evaluating(run, tmp_path, monkeypatch):
-    import pttfs.evaluation
-    monkeypatch.setattr(pttfs.evaluation, 'evaluate_run', lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    import pttfs.run_eval
+    monkeypatch.setattr(pttfs.run_eval, 'evaluate_run', lambda *a, **k: pytest.fail("evaluated before --out was checked"))
     (tmp_path / 'taken.json').write_text('{"mine": 1}')
     one_line_error(eval_main(str(run), '--out', str(tmp_path / 'taken.json')), 'exists')
     one_line_error(eval_main(str(run), '--out', str(tmp_path)), 'folder')
@@ -138,7 +138,7 @@ def test_spikingjelly_argument_names():
 def test_early_exit_equals_full_pass_of_a_bf16_run(tmp_path):
     folder = tmp_path / 'bf16'
     assert train_main(*TINY, '--schedule', '1:1,4:1', '--bf16', '--out', str(folder)).returncode == 0
-    from pttfs.evaluation import evaluate_run
+    from pttfs.run_eval import evaluate_run
     early = evaluate_run(str(folder), keep_predictions=True)
     full = evaluate_run(str(folder), full=True, keep_predictions=True)
     assert early['predictions'] == full['predictions'] and early['t_first'] == full['t_first']
@@ -185,7 +185,7 @@ class _Planted:
     def __reduce__(self): return (open, (self.marker, 'w'))
 
 def test_a_planted_checkpoint_runs_no_code(run, tmp_path):
-    from pttfs.train import load_checkpoint, save_checkpoint
+    from pttfs.runs import load_checkpoint, save_checkpoint
     folder = copy_of(run, tmp_path / 'r')
     state = load_checkpoint(str(folder / 'last.pt'))
     marker = tmp_path / 'code-ran'
@@ -252,14 +252,14 @@ def test_settings_edited_into_another_network_are_caught(tmp_path):
     assert eval_main(str(twd), '--full', '--out', str(tmp_path / 'e2.json')).returncode == 0
 
 def test_disk_full_is_one_line_that_says_where_the_run_stands(run, tmp_path, monkeypatch):
-    import errno, pttfs.train
+    import errno, pttfs.train_cli
     def full(*args, **kwargs): raise OSError(errno.ENOSPC, 'No space left on device', str(tmp_path / 'r' / 'last.pt'))
-    monkeypatch.setattr(pttfs.train, 'save_checkpoint', full)
+    monkeypatch.setattr(pttfs.train_cli, 'save_checkpoint', full)
     one_line_error(train_main(*TINY, '--schedule', '1:1', '--out', str(tmp_path / 'r')), 'No space left on device', 'nothing is saved')
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     folder = tmp_path / 'r'
-    run = subprocess.Popen([sys.executable, '-m', 'pttfs.train', *TINY, '--schedule', '1:500', '--out', str(folder)],
+    run = subprocess.Popen([sys.executable, '-m', 'pttfs.train_cli', *TINY, '--schedule', '1:500', '--out', str(folder)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (folder / 'metrics.jsonl').exists() and time.time() < deadline: time.sleep(0.05)
@@ -288,10 +288,10 @@ def test_one_line_per_epoch_when_not_on_a_terminal(tmp_path):
     assert [l.split(' T=')[0] for l in result.stderr.splitlines() if ' epoch ' in l] == ['pttfs-train: epoch 1/2', 'pttfs-train: epoch 2/2']
 
 def test_one_device_rule():
-    from pttfs.train import parse_args, default_device
-    import pttfs.evaluation, inspect
+    from pttfs.train_cli import parse_args; from pttfs.runs import default_device
+    import pttfs.run_eval, inspect
     assert parse_args(['--out', 'x']).device == default_device()
-    assert 'default=default_device()' in inspect.getsource(pttfs.evaluation.eval_main)
+    assert 'default=default_device()' in inspect.getsource(pttfs.run_eval.eval_main)
 
 # --- 18: figures
 def test_plots_have_whole_epochs_and_readable_stage_labels(tmp_path):

@@ -106,7 +106,7 @@ def test_a_dangling_link_named_like_a_figure_refuses_the_run(tmp_path):
     assert not target.exists()
 
 def test_figures_replace_a_link_instead_of_following_it(tmp_path):
-    from pttfs.train import plot_run
+    from pttfs.runs import plot_run
     target = tmp_path / 'outside.png'
     (tmp_path / 't_first.png').symlink_to(target)
     history = [dict(epoch=1, T=1, test_accuracy=0.5, decisions=[dict(t=0, fraction=1.0, accuracy=0.5)])]
@@ -166,7 +166,7 @@ def test_output_force_last_is_refused_where_it_changes_nothing(decoder, tmp_path
     assert not (tmp_path / 'r').exists()
 
 def test_output_force_last_changes_the_twd_run(tmp_path):
-    from pttfs.train import parse_args
+    from pttfs.train_cli import parse_args
     args = parse_args([*TINY, '--schedule', '1:1', '--decoder', 'twd', '--output-force-last', '--out', str(tmp_path / 'r')])
     assert args.output_force_last
 
@@ -175,11 +175,11 @@ def test_output_force_last_changes_the_twd_run(tmp_path):
 @pytest.fixture(scope='module')
 def old_run(tmp_path_factory):
     "A two-epoch run stopped after one, its checkpoint as versions 135637b..c0c3c14 wrote it (AvgPool2d, not AvgPool2x2)."
-    from pttfs.train import load_checkpoint, save_checkpoint
+    from pttfs.runs import load_checkpoint, save_checkpoint
     folder = tmp_path_factory.mktemp('old') / 'run'
     assert train_main(*TINY, '--schedule', '1:2', '--stop-after', '1', '--out', str(folder)).returncode == 0
     state = load_checkpoint(str(folder / 'last.pt'))
-    from pttfs.train import model_for
+    from pttfs.runs import model_for
     state['network'] = [f"{name}:{type(m).__name__}".replace('AvgPool2x2', 'AvgPool2d') for name, m in model_for(state['settings']).named_modules()]
     assert any('AvgPool2d' in entry for entry in state['network'])
     save_checkpoint(str(folder), state)
@@ -195,7 +195,7 @@ def test_an_older_run_resumes(old_run, tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
 
 def test_a_checkpoint_with_other_shapes_is_still_refused(old_run, tmp_path):
-    from pttfs.train import load_checkpoint, save_checkpoint
+    from pttfs.runs import load_checkpoint, save_checkpoint
     folder = tmp_path / 'r'; shutil.copytree(old_run, folder)
     state = load_checkpoint(str(folder / 'last.pt'))
     name = next(k for k in state['model'] if k.endswith('weight'))
@@ -206,7 +206,7 @@ def test_a_checkpoint_with_other_shapes_is_still_refused(old_run, tmp_path):
 
 # 10. two plain runs started in the same second get two folders
 def test_default_folders_are_taken_atomically(tmp_path, monkeypatch):
-    from pttfs.train import new_run_folder
+    from pttfs.runs import new_run_folder
     monkeypatch.setattr('time.strftime', lambda fmt: '20260101-000000')       # the same second for both
     first = new_run_folder('digits', str(tmp_path / 'runs'), make=True)
     second = new_run_folder('digits', str(tmp_path / 'runs'), make=True)
@@ -238,7 +238,7 @@ def test_bench_refuses_what_it_cannot_measure(flags, words, tmp_path):
     assert not os.listdir(tmp_path)
 
 def test_bench_without_spikingjelly_refuses_the_comparison(tmp_path):
-    code = ("import sys; sys.modules['spikingjelly'] = None\nfrom pttfs.bench import main\n"
+    code = ("import sys; sys.modules['spikingjelly'] = None\nfrom pttfs.bench_cli import main\n"
             f"main(['--quick', '--no-network', '--out', {str(tmp_path / 'b.json')!r}])")
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     one_line_error(result, 'SpikingJelly', '--neurons amos')

@@ -11,12 +11,12 @@ from inprocess import run_main
 
 SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--channels', '4', '--batch-size', '256']
 
-def cli(*args, module='pttfs.train', cwd=None, timeout=300):
+def cli(*args, module='pttfs.train_cli', cwd=None, timeout=300):
     "Run a command's main() in a fresh process, as its console script does."
     code = f"import sys; from {module} import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
-def refusal(*args, module='pttfs.train', cwd=None):
+def refusal(*args, module='pttfs.train_cli', cwd=None):
     "A command expected to refuse before any work, run in this process (tests/inprocess.py)."
     return run_main(module, 'main', *args, cwd=cwd)
 
@@ -52,7 +52,7 @@ def test_out_dot_refused_when_the_working_directory_holds_run_files(tmp_path):
 
 def test_second_writer_refused_while_the_first_runs(tmp_path):
     run = tmp_path / 'shared'
-    first = subprocess.Popen([sys.executable, '-m', 'pttfs.train', *SMALL, '--schedule', '1:500', '--out', str(run)],
+    first = subprocess.Popen([sys.executable, '-m', 'pttfs.train_cli', *SMALL, '--schedule', '1:500', '--out', str(run)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -106,7 +106,7 @@ def test_damaged_checkpoint_refused(finished_run, tmp_path):
     assert digests(run) == before
 
 def test_checkpoint_of_another_kind_refused(tmp_path):
-    from pttfs.train import save_checkpoint
+    from pttfs.runs import save_checkpoint
     run = tmp_path / 'foreign'; run.mkdir()
     save_checkpoint(str(run), dict(model={}, optimizer={}, scheduler={}, history=[], settings='not a dict', epochs_done=1))
     one_line_error(refusal(*SMALL, '--out', str(run), '--resume'), 'not a pttfs-train checkpoint')
@@ -154,7 +154,7 @@ def test_missing_data_and_failed_download_leave_no_folder(tmp_path):
 ])
 def test_bench_checks_before_benchmarking(args, words, tmp_path):
     start = time.time()
-    one_line_error(refusal(*args, module='pttfs.bench', cwd=tmp_path), *words)
+    one_line_error(refusal(*args, module='pttfs.bench_cli', cwd=tmp_path), *words)
     assert time.time() - start < 60 and os.listdir(tmp_path) == []
 
 def test_learnable_tau_at_the_edge_trains():

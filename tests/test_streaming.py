@@ -111,12 +111,12 @@ def test_early_exit_refused_where_it_cannot_be_exact():
 def cli(*args):
     "pttfs-eval, run in this process: it only reads the run folder and writes its JSON (tests/inprocess.py)."
     from inprocess import run_main
-    return run_main('pttfs.evaluation', 'eval_main', *args)
+    return run_main('pttfs.run_eval', 'eval_main', *args)
 
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
     run = tmp_path_factory.mktemp('eval') / 'run'
-    train = subprocess.run([sys.executable, '-c', "import sys; from pttfs.train import main; main(sys.argv[1:])",
+    train = subprocess.run([sys.executable, '-c', "import sys; from pttfs.train_cli import main; main(sys.argv[1:])",
                             '--schedule', '1:2,2:1', '--hidden', '32', '--channels', '4', '--out', str(run)],
                            capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
@@ -150,7 +150,7 @@ def test_pttfs_eval_bad_input_writes_nothing(digits_run, tmp_path):
     (bad / 'last.pt').write_bytes((digits_run / 'last.pt').read_bytes()[:5000])
     one_line_error(cli(str(bad)), 'last.pt')
     one_line_error(cli(str(digits_run), '--T', '0', '--out', str(tmp_path / 'x.json')), '--T')
-    from pttfs.train import load_checkpoint, save_checkpoint
+    from pttfs.runs import load_checkpoint, save_checkpoint
     state = load_checkpoint(str(digits_run / 'last.pt'))
     state['settings'] = dict(state['settings'], dataset='mnist', architecture='scnn')
     state['model'] = build_model('mnist', 'scnn', 'tsd', 4, 32).state_dict()

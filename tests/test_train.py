@@ -2,17 +2,17 @@
 import json, os, signal, subprocess, sys, time
 import pytest
 import torch
-from pttfs.train import load_checkpoint
+from pttfs.runs import load_checkpoint
 
 SMALL = ['--dataset', 'digits', '--schedule', '1:2,2:2', '--hidden', '32', '--channels', '4', '--batch-size', '256']
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, '-m', 'pttfs.train', *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, '-m', 'pttfs.train_cli', *args], capture_output=True, text=True, timeout=timeout)
 
 def here(*args):
     "pttfs-train's main() in this process (tests/inprocess.py): for refusals and short runs that no other process touches."
     from inprocess import run_main
-    return run_main('pttfs.train', 'main', *args)
+    return run_main('pttfs.train_cli', 'main', *args)
 
 @pytest.mark.parametrize("args, flag", [
     (['--dataset', 'imagenet'], '--dataset'),
@@ -65,7 +65,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     whole = tmp_path / 'whole'
     assert cli(*SMALL, '--out', str(whole)).returncode == 0
     cut = tmp_path / 'cut'
-    process = subprocess.Popen([sys.executable, '-m', 'pttfs.train', *SMALL, '--out', str(cut)],
+    process = subprocess.Popen([sys.executable, '-m', 'pttfs.train_cli', *SMALL, '--out', str(cut)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (cut / 'metrics.jsonl').exists() and time.time() < deadline: time.sleep(0.02)
@@ -96,7 +96,7 @@ def test_stage_thresholds_train_each_stage_and_resume(tmp_path):
 def test_torchrun_two_cpu_processes(tmp_path):
     "Data-parallel with gloo on two CPU processes: rank 0 alone writes, and says how many processes trained."
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
-    result = subprocess.run([torchrun, '--nproc_per_node', '2', '-m', 'pttfs.train', *SMALL, '--out', str(tmp_path / 'ddp')],
+    result = subprocess.run([torchrun, '--nproc_per_node', '2', '-m', 'pttfs.train_cli', *SMALL, '--out', str(tmp_path / 'ddp')],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / 'ddp' / 'summary.json').read_text())

@@ -19,7 +19,7 @@ from pttfs.neuron import AMOSLIF
 from pttfs.decoders import TemporalSelectorDecoder, RateDecoder
 from pttfs.data import load_dataset, direct_encode
 from pttfs.models import build_model, SpikingClassifier
-from pttfs.evaluation import load_run
+from pttfs.run_eval import load_run
 
 __all__ = ['Sigmoid', 'ATan', 'amos_lif_sequential', 'amos_lif_parallel', 'AMOSLIF', 'TemporalSelectorDecoder',
            'RateDecoder', 'load_dataset', 'direct_encode', 'build_model', 'SpikingClassifier', 'load_run']
@@ -175,9 +175,16 @@ for step in range(20):
 # 9. [Output decoders](nbs/09_decoders.ipynb): the temporal selector decoder (membranes at the first output spike), and rate decoding, TWD and TQ-TTFS for Table 4's comparison; the paper's Fig. 2.
 # 10. [Data](nbs/10_data.ipynb): torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (and the routes to them offline), the offline `digits`, the PSN paper's augmentation, direct encoding.
 # 11. [Models](nbs/11_models.ipynb): the SCNN and the PSN paper's CIFAR network with AMOS LIF neurons and a decoder, or SpikingJelly's LIF and PSN as baselines; inference that stops at the decision (`predict(..., early_exit=True)`).
-# 12. [Training](nbs/12_train.ipynb): incremental time steps with a training curve, a learning rate restarted per stage and a decoder threshold raised by stage, evaluation (accuracy, average time steps, decisions, spikes), spike rasters before and after training, checkpoints that survive a kill, run folders that cannot lose work, data-parallel under `torchrun`, recipes (the PSN paper's CIFAR protocol) and baselines, `pttfs-train`.
-# 13. [Evaluation and ablations](nbs/13_evaluation.ipynb): `pttfs-eval` and the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, equal-epoch controls that test incremental T (P3 does not hold in our setting), the decoder threshold swept at evaluation time, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
-# 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF (default and as the PSN paper configures it) and PSN; the paper's time-parallel form and sequential BPTT raced beside the fused kernel, and where time-parallelism could pay; throughput of the networks we train; `pttfs-bench`.
+# 12. [Training](nbs/12_train.ipynb): incremental time steps, a learning rate that anneals every stage, a decoder threshold raised by stage, evaluation (accuracy, average time steps, decisions, spikes), precise batch norm, a training loop of a few lines with its curve, what a checkpoint must hold for an exact resume, spike rasters before and after training.
+# 13. [Evaluation and ablations](nbs/13_evaluation.ipynb): the measured early-exit speed-up, an energy estimate from the spikes up to the decision (our stated formula), the MNIST and Fashion-MNIST recipes, equal-epoch controls that test incremental T (P3 does not hold in our setting), the decoder threshold swept at evaluation time, Tables 3, 4 and 5 in the paper's shape on Fashion-MNIST, and the commands for paper-scale runs.
+# 14. [Speed: the benchmark](nbs/14_benchmark.ipynb): our CPU analogue of the paper's Figs. 3–4, against SpikingJelly's LIF (default and as the PSN paper configures it) and PSN; the paper's time-parallel form and sequential BPTT raced beside the fused kernel, and where time-parallelism could pay; throughput of the networks we train.
+#
+# Appendices, after the chapters they serve (no chapter imports one):
+#
+# A. [Run folders, checkpoints and settings](nbs/15_runs.ipynb): atomic writes, checksummed checkpoints, locked run folders, output files and figures that never replace a reader's, a run's settings back to its network, one-line errors.
+# B. [The `pttfs-train` command](nbs/16_train_cli.ipynb): flags and recipes (the PSN paper's CIFAR protocol) checked before any work, baselines, resuming a killed run, data-parallel under `torchrun`, the figures of a run.
+# C. [Evaluating a run](nbs/17_run_eval.ipynb): `load_run`, `evaluate_run` and `pttfs-eval` (early exit, decisions, spikes to the decision), and `ablation`, which re-runs chapter 13's studies.
+# D. [The `pttfs-bench` command](nbs/18_bench_cli.ipynb): chapter 14's benchmarks from the command line.
 #
 
 # %% [markdown]
@@ -253,10 +260,10 @@ for peer in ('sj-lif', 'sj-psn'):
 
 # %%
 first = json.load(open(stored / 'first-call.json'))
-for row in first['rows']:
-    print(f"`{first['quick_start']}` from a fresh install: {row['wall_seconds']:.0f} s in all, of which {row['compile_seconds']:.0f} s "
-          f"compiling the kernel (once per install) and {row['run_wall_seconds']:.0f} s training and evaluating; "
-          f"{100 * row['test_accuracy']:.1f} % test accuracy | {first['machine']['cpu_model']}, {first['machine']['cpu_count']} cores")
+span = lambda key: f"{min(r[key] for r in first['rows']):.0f}–{max(r[key] for r in first['rows']):.0f} s"
+print(f"`{first['quick_start']}` from a fresh install, {len(first['rows'])} times: {span('wall_seconds')} in all, of which "
+      f"{span('compile_seconds')} compiling the kernel (once per install) and {span('run_wall_seconds')} training and evaluating; "
+      f"{100 * first['rows'][0]['test_accuracy']:.1f} % test accuracy | {first['machine']['cpu_model']}, {first['machine']['cpu_count']} cores")
 
 # %% [markdown]
 # In our setting incremental T does not beat T = 1 trained for the same epochs, also with every stage's learning rate
