@@ -24,6 +24,8 @@ body.book { display: flex; margin: 0; }
 nav.page-contents { margin: .5rem 0 1.5rem; padding: .6rem 1rem; border-left: 3px solid #ddd; font: 14px/1.5 sans-serif; }
 nav.page-contents p { margin: 0 0 .3rem; font-weight: bold; } nav.page-contents ol { margin: 0; padding-left: 1.2rem; }
 nav.page-contents li { list-style: none; } .book-number { color: #777; }
+figure.book-figure { margin: 0.5rem 0 1rem; } figure.book-figure figcaption { font-size: 0.9rem; color: #444; max-width: 46rem; }
+figure.book-figure figcaption b { color: #222; }
 .jp-RenderedHTMLCommon pre, .jp-RenderedMarkdown pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
   font-size: 13px; background: #f6f6f6; border: 1px solid #e2e2e2; border-radius: 3px; padding: .5rem .7rem; }
 .jp-RenderedHTMLCommon pre code, .jp-RenderedMarkdown pre code { font-family: inherit; background: none; }
@@ -39,6 +41,7 @@ details.book-fold > summary { cursor: pointer; color: #555; font: 13px sans-seri
 /* A book has no input prompts, and no line cut at the right edge: long code lines wrap, outputs too. */
 .jp-InputPrompt, .jp-OutputPrompt { display: none !important; }
 .jp-InputArea-editor pre, .jp-OutputArea-output pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+.book-line { display: block; min-height: 1.2em; }   /* one code line; a wrapped line hangs under its indentation */
 .book-pager { display: flex; justify-content: space-between; padding: .8rem 0; font: 14px sans-serif; }
 @media (max-width: 60rem) { body.book { display: block; } .book-toc { position: static; height: auto; border: 0; } }
 """
@@ -46,7 +49,37 @@ details.book-fold > summary { cursor: pointer; color: #555; font: 13px sans-seri
 # Marks, once the page has loaded and MathJax has finished, whether each image loaded, how many prompts show and how
 # many code blocks are wider than their box: the check reads these from the DOM.
 BOOK_JS = """
+// A long code line wraps (nothing is cut at the right edge), and its continuation starts under the line's own
+// indentation plus four columns, not at column 0: each line becomes a block with a hanging indent. Highlighting spans
+// that cross a line end (a multi-line string) are split into one copy per line, so no text moves or changes.
+function hangingIndents(pre) {
+  var lines = [[]];
+  var split = function (node, wrap) {
+    if (node.nodeType === 3) {
+      node.textContent.split('\\n').forEach(function (part, i) {
+        if (i > 0) lines.push([]);
+        if (part) lines[lines.length - 1].push(wrap(document.createTextNode(part)));
+      });
+    } else if (node.nodeType === 1) {
+      Array.prototype.slice.call(node.childNodes).forEach(function (child) {
+        split(child, function (inner) { var copy = node.cloneNode(false); copy.appendChild(inner); return wrap(copy); });
+      });
+    }
+  };
+  Array.prototype.slice.call(pre.childNodes).forEach(function (child) { split(child, function (n) { return n; }); });
+  if (lines.length > 1 && lines[lines.length - 1].length === 0) lines.pop();       // the newline that ends the block
+  pre.textContent = '';
+  lines.forEach(function (nodes, i) {
+    var line = document.createElement('span'); line.className = 'book-line';
+    nodes.forEach(function (n) { line.appendChild(n); });
+    var indent = line.textContent.match(/^ */)[0].length + 4;
+    line.style.paddingLeft = indent + 'ch'; line.style.textIndent = (-indent) + 'ch';
+    line.appendChild(document.createTextNode(i < lines.length - 1 ? '\\n' : ''));
+    pre.appendChild(line);
+  });
+}
 document.addEventListener('DOMContentLoaded', function () {
+  document.querySelectorAll('.jp-InputArea-editor pre, .jp-RenderedMarkdown pre').forEach(hangingIndents);
   // A book, not an export: chapter N's title reads 'N. Title', its sections 'N.k Title', and a contents list of the
   // sections follows the title. The ids (the anchors other pages link to) are left as nbconvert made them.
   var chapter = document.body.getAttribute('data-chapter');
@@ -67,6 +100,15 @@ document.addEventListener('DOMContentLoaded', function () {
     return '<li><a href="#' + encodeURIComponent(h.id).replace(/%25/g, '%') + '">' + copy.innerHTML + '</a></li>';
   });
   document.body.setAttribute('data-numbered', String(chapter && h1 ? sections.length + 1 : 0));
+  // Every figure a chapter stores has a numbered caption (`#| fig-cap:` in its cell).
+  var uncaptioned = Array.prototype.filter.call(main.querySelectorAll('.jp-OutputArea-output img'), function (img) {
+    var figure = img.closest('figure.book-figure');
+    var caption = figure && figure.querySelector('figcaption');
+    return !(caption && /^Figure [0-9A-Z]+\\.[0-9]+: \\S/.test(caption.textContent));
+  });
+  document.body.setAttribute('data-uncaptioned', String(uncaptioned.length));
+  document.body.setAttribute('data-figures', Array.prototype.map.call(main.querySelectorAll('figure.book-figure figcaption b'),
+    function (b) { return b.textContent.replace(/^Figure /, '').replace(/:$/, ''); }).join(' '));
   if (entries.length > 1 && h1) {
     var toc = document.createElement('nav'); toc.className = 'page-contents';
     toc.innerHTML = '<p>Contents</p><ol>' + entries.join('') + '</ol>';
@@ -87,6 +129,9 @@ window.addEventListener('load', function () {
     return visible(pre) && pre.scrollWidth > pre.clientWidth + 1;
   });
   document.body.setAttribute('data-cut-code', String(cut.length));
+  var unhung = Array.prototype.filter.call(document.querySelectorAll('.jp-InputArea-editor pre, .jp-RenderedMarkdown pre'),
+    function (pre) { return pre.textContent.trim() !== '' && !pre.querySelector('.book-line'); });
+  document.body.setAttribute('data-unhung', String(unhung.length));
   if (cut.length) document.body.setAttribute('data-cut-example', cut[0].textContent.split('\\n')[0].slice(0, 80));
   // Plumbing a reader should not have to scroll past: show_doc calls and figure-drawing code, unless folded away.
   var unfolded = Array.prototype.filter.call(document.querySelectorAll('.jp-InputArea .jp-Editor'), function (code) {
@@ -137,13 +182,35 @@ def directives(source: str) -> list:
     return out
 
 
+SOURCE_LINK = re.compile(r'^\[source\]\((?P<url>[^)]*/(?P<module>pttfs/\w+)\.py)#L\d+\)(\{[^}]*\})?\s*$', re.M)
+
+
+GIT_URL = next((line.split('=', 1)[1].strip() for line in (ROOT / 'settings.ini').read_text().splitlines()
+                if line.startswith('git_url')), 'https://github.com/')
+
+
+def show_doc_markdown(text: str) -> str:
+    """show_doc's block as the book shows it: a class reads `class Name(`, not `def Name(`; no [source] link (it points
+    at settings.ini's git_url, which is not where this book's code is published: the definition is on the page, just
+    above); no Quarto link attributes."""
+    link = SOURCE_LINK.search(text)
+    heading = re.search(r'^#+\s+(\w+)\s*$', text, re.M)
+    if link and heading:
+        import importlib, inspect
+        try: defined = getattr(importlib.import_module(link.group('module').replace('/', '.')), heading.group(1), None)
+        except ImportError: defined = None
+        if inspect.isclass(defined): text = re.sub(rf'^def {heading.group(1)}\(', f'class {heading.group(1)}(', text, flags=re.M)
+    text = SOURCE_LINK.sub('', text)
+    return re.sub(r'\{target="_blank"[^}]*\}', '', text)
+
+
 def page_notebook(path: Path):
     "The notebook as a reader sees it: nbdev's `#| hide` cells dropped, `#|` and `NBVAL` marks removed, links to .html."
     import nbformat
     if path.suffix == '.md':                                   # a markdown file becomes a one-cell notebook
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(path.read_text())])
     else: nb = nbformat.read(path, as_version=4)
-    cells = []
+    cells, figures, number = [], 0, book_number(path.with_suffix('.html').name)
     for cell in nb.cells:
         if cell.cell_type == 'code':
             flags = directives(cell.source)
@@ -151,10 +218,16 @@ def page_notebook(path: Path):
             lines = [l for l in cell.source.splitlines() if not l.startswith('#|') and not l.startswith('# NBVAL_')]
             cell.source = '\n'.join(lines).strip('\n')
             if 'code-fold: true' in flags or re.search(FOLDED, cell.source, re.M): cell.metadata['book_fold'] = True
+            captions = [f.split(':', 1)[1].strip() for f in flags if f.startswith('fig-cap:')]   # one per image, in order
+            images = [o for o in cell.outputs if 'image/png' in o.get('data', {})]
+            for k, output in enumerate(images):
+                figures += 1
+                output.setdefault("metadata", {})["book_caption"] = [f"Figure {number}.{figures}",
+                                                                    captions[min(k, len(captions) - 1)] if captions else '']
             if not cell.source and not cell.outputs: continue
-            for output in cell.outputs:                        # show_doc's Quarto link attributes are not markdown
+            for output in cell.outputs:
                 if 'text/markdown' in output.get('data', {}):
-                    output['data']['text/markdown'] = re.sub(r'\{target="_blank"[^}]*\}', '', output['data']['text/markdown'])
+                    output['data']['text/markdown'] = show_doc_markdown(output['data']['text/markdown'])
         elif cell.cell_type == 'markdown':
             cell.source = re.sub(r'\]\((?:nbs/)?([\w-]+)\.(?:ipynb|md)(#[^)]*)?\)', r'](\1.html\2)', cell.source)
         cells.append(cell)
@@ -324,11 +397,16 @@ def check(out: Path) -> int:
         for m in list(RAW_TEX.finditer(text))[:5]:
             say(f"raw TeX left untypeset: …{text[max(0, m.start() - 40):m.end() + 40]!r}…")
         if '{target=' in text: say("Quarto link attributes left as text ('{target=...}')")
+        for name in sorted(set(re.findall(r'\bdef ([A-Z]\w*)\(', text)))[:5]: say(f"class {name} shown as 'def {name}('")
+        for href in dom.links:
+            if href.startswith(GIT_URL): say(f"link into settings.ini's git_url, where no code is published: {href[:90]}")
         if dom.body.get('data-prompts') != '0': say(f"input or output prompts shown: {dom.body.get('data-prompts')!r}")
         if dom.body.get('data-unboxed-code') != '0': say(f"code not in a monospace box: {dom.body.get('data-unboxed-code')!r} blocks")
         if dom.body.get('data-unfolded') != '0': say(f"show_doc or figure-drawing code shown, not folded: {dom.body.get('data-unfolded')!r} cells")
         if dom.body.get('data-chapter') and dom.body.get('data-numbered') in (None, '0'): say("chapter and sections not numbered")
         if dom.body.get('data-chapter') and dom.body.get('data-contents') != 'yes': say("no contents list on the page")
+        if dom.body.get('data-unhung') != '0': say(f"code whose wrapped lines would restart at column 0: {dom.body.get('data-unhung')!r} blocks")
+        if dom.body.get('data-uncaptioned') != '0': say(f"figures without a numbered caption: {dom.body.get('data-uncaptioned')!r}")
         if dom.body.get('data-cut-code') != '0':
             say(f"code wider than its box (cut at the right edge): {dom.body.get('data-cut-code')!r} blocks, "
                 f"the first starting {dom.body.get('data-cut-example', '')!r}")
@@ -344,6 +422,11 @@ def check(out: Path) -> int:
             fragment = parsed.fragment                      # nbconvert's heading ids keep the percent-encoding
             if fragment and target in doms and not {fragment, urllib.parse.unquote(fragment)} & doms[target].ids:
                 say(f"link to a missing anchor: {href}")
+    figures = {label for d in doms.values() for label in d.body.get('data-figures', '').split()}
+    for file, dom in doms.items():                    # "Figure 13.3" in the prose names a figure that exists
+        text = ' '.join(dom.text)
+        for label in sorted(set(re.findall(r'Figure ((?:\d+|[A-Z])\.\d+)', text)) - figures):
+            problems.append(f"{file}: refers to Figure {label}, which no page has")
     for p in problems: print('FAIL', p)
     maths = sum(1 for d in doms.values() if d.body.get('data-mathjax') == 'done')
     print(f"checked {len(doms)} of {len(expected)} pages in {Path(browser).name}: {maths} typeset by MathJax, "

@@ -174,6 +174,7 @@ test_eq(surrogate_derivative(Sigmoid(), x), Sigmoid().derivative(x))
 # The derivatives of the two built-in surrogates, with the step they stand in for:
 
 # %%
+#| fig-cap: The step Θ (forward) and the derivatives of the two built-in surrogates (backward): smooth bumps centred on the threshold stand in for Θ's derivative, which is zero everywhere except at 0.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 x = torch.linspace(-2, 2, 401)

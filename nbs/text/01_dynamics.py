@@ -231,6 +231,7 @@ test_eq(amos_lif_sequential(one_step, force_last=True)[0], torch.ones(1, 4, dtyp
 # spikes* (the crosses) that chapters 3 and 4 are about.
 
 # %%
+#| fig-cap: Membrane traces of five AMOS LIF neurons (τ = 4): each fires at most once (dot), at its first crossing of V_th; the crosses after it are fake spikes, threshold crossings without a spike, because nothing resets the membrane.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 torch.manual_seed(0)

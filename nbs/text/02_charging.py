@@ -98,6 +98,7 @@ test_eq(finite_eq5(17, torch.float16), False)
 # costs about $\ln(\tau/2)/\ln(1/\alpha)$ steps: a large share of float16's short range, a small one of float32's:
 
 # %%
+#| fig-cap: The first step where the literal Eq. 5 stops being finite, against τ, per dtype (dashed: the formula): at small τ float16 and float32 run out of range within tens to hundreds of steps, which is why this chapter scans in chunks.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 
@@ -256,6 +257,7 @@ def charge(x: Tensor,  # input current X, shape [T, *]
 # chunk holds the sum over all chunks before it, each decayed to its end. For 8 chunks, three rounds:
 
 # %%
+#| fig-cap: The doubling scan over 8 chunk ends, three rounds: each row shows which chunk ends a value sums after that round; after the last round every chunk holds all the chunks before it.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 def draw_doubling_scan(n_chunks: int = 8):

@@ -150,6 +150,7 @@ test_eq(S, amos_lif_sequential(x, 2.0)[0])
 # $t = 5$, changes nothing forward; chapter 4's backward will need it.
 
 # %%
+#| fig-cap: One neuron's membrane, threshold, fake spikes and its one spike: look at the spike, which sits at the first fake spike, and at the second fake spike at t = 5, which changes nothing forward.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(8.5, 2.8))

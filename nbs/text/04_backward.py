@@ -312,6 +312,7 @@ assert not torch.allclose(readings['literal     Rev(cumsum(Rev(A) ⊙ G))'], del
 # over `[T, N]`; none loops over $t$ in Python.
 
 # %%
+#| fig-cap: The parallel neuron as a data flow: the forward (top) and the backward (bottom), and what the backward reads from the forward (dashed); no box loops over t.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 def draw_data_flow():
@@ -416,6 +417,7 @@ class AMOSLIFFunction(torch.autograd.Function):
 # autograd through the loop of chapter 1 ($\tau \cdot d\mathcal L/dX$): they must sit on the line.
 
 # %%
+#| fig-cap: The backward of one neuron, the paper's Fig. 1: the mask closes after t_f, the spatial gradient lives only on t ≤ t_f, and the reversed scan spreads it back in time; the dots (autograd through the loop) must sit on the line.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 torch.manual_seed(0)

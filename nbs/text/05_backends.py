@@ -223,6 +223,37 @@ test_eq(threshold.grad.shape, (3,))
 test_fail(amos_lif_parallel, args=(torch.rand(8, 3), 2.0, threshold), kwargs=dict(backend='no-such'), contains='threshold')
 
 # %% [markdown]
+# The front door must compute what the loop of chapter 1 computes. Figure 5.1 draws it for 2,000 random neurons over
+# 64 steps in float64, through `amos_lif_parallel` (the textbook backend) and through autograd on the loop: each
+# neuron's spike time (we expect every point on the diagonal, never-firing neurons at −1) and the size of the
+# differences in $\partial\mathcal L/\partial X$ for a random upstream gradient (we expect rounding only, far below
+# $10^{-10}$):
+
+# %%
+#| fig-cap: `amos_lif_parallel` against the loop of chapter 1, 2,000 neurons, T = 64, float64: spike times on the diagonal (left), and every difference in dL/dX at the level of float64 rounding (right).
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+from pttfs.dynamics import amos_lif_sequential
+g = torch.Generator().manual_seed(5)
+x = (0.3 + 0.8 * torch.randn(64, 2000, generator=g, dtype=torch.float64)).requires_grad_()
+upstream = torch.randn(64, 2000, generator=g, dtype=torch.float64)
+def spike_times_and_grad(function):
+    spikes = function(x, 2.0)[0]
+    grad, = torch.autograd.grad((spikes * upstream).sum(), x)
+    fired = spikes.sum(0) > 0
+    return torch.where(fired, spikes.argmax(0), torch.full_like(fired, -1, dtype=torch.long)), grad
+times_front, grad_front = spike_times_and_grad(lambda x, tau: amos_lif_parallel(x, tau, backend='torch'))
+times_loop, grad_loop = spike_times_and_grad(amos_lif_sequential)
+difference = (grad_front - grad_loop).abs().flatten()
+fig, (ax_t, ax_g) = plt.subplots(1, 2, figsize=(9, 3.2))
+ax_t.plot(times_loop, times_front, '.', ms=3); ax_t.set(xlabel='spike time, loop', ylabel='spike time, amos_lif_parallel')
+ax_g.hist(torch.log10(difference[difference > 0]).numpy(), bins=40)
+ax_g.set(xlabel='log10 |difference in dL/dX| (nonzero ones)', ylabel='elements')
+fig.tight_layout(); plt.show()
+test_eq(times_front, times_loop)
+test_eq(difference.max().item() < 1e-10, True)
+
+# %% [markdown]
 # Under `torch.autocast` on the CPU, a linear layer hands the neuron bfloat16; the neuron computes in float32 and
 # returns bfloat16 outputs that are finite, with spikes equal to a float32 run on the same (bfloat16) input:
 

@@ -192,6 +192,32 @@ class TritonAMOSLIFFunction(torch.autograd.Function):
 
 
 # %% [markdown]
+# How a call is split, drawn from the launch above for a small layer (Figure 8.1): the grid has one program per
+# `BLOCK` neurons, `-(-N // BLOCK)` of them, the last one masked where it runs past `N`; inside a program every lane
+# is one neuron, and all lanes of the program step down $t$ together. Nothing is split along time:
+
+# %%
+#| fig-cap: The launch grid for N = 300 neurons and T = 6 steps: three programs of BLOCK neurons each (colours), the last partly masked (hatched, beyond N), every lane walking its neuron from t = 0 down to t = T − 1 (arrows); adjacent lanes touch adjacent memory at each step.
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+N, T = 300, 6
+programs = max(1, -(-N // BLOCK))                   # the grid of TritonAMOSLIFFunction.forward
+fig, ax = plt.subplots(figsize=(8, 2.6))
+for p in range(programs):
+    start, end = p * BLOCK, (p + 1) * BLOCK
+    ax.add_patch(Rectangle((start, 0), min(end, N) - start, T, color=f"C{p}", alpha=0.35))
+    if end > N: ax.add_patch(Rectangle((N, 0), end - N, T, fill=False, hatch='//', edgecolor='grey'))
+    ax.text((start + min(end, N)) / 2, -0.25, f"program {p}\nneurons {start}–{min(end, N) - 1}", ha='center', fontsize=7)
+    for lane in range(start + 8, min(end, N), 40):
+        ax.annotate('', (lane, T - 0.2), (lane, 0.2), arrowprops=dict(arrowstyle='->', lw=0.8, color='k'))
+ax.set(xlim=(0, programs * BLOCK), ylim=(T + 0.2, -1.6), xlabel='neuron n (one lane each)', ylabel='time step t')
+ax.axvline(N, color='k', lw=1)
+fig.tight_layout(); plt.show()
+test_eq(programs, 3)
+
+
+# %% [markdown]
 # It is the `'triton'` backend for CUDA tensors with a `Sigmoid` or `ATan` surrogate; 'auto' chooses it on CUDA
 # only. On the CPU it runs only when asked for by name under `TRITON_INTERPRET=1` (for tests).
 

@@ -306,6 +306,7 @@ DECODERS = {'tsd': TemporalSelectorDecoder, 'rate': RateDecoder, 'twd': Temporal
 # neurons 0 and 1 the same, Fig. 2(b)'s tie.
 
 # %%
+#| fig-cap: Four output neurons read by each decoder: the TSD stops at the first spike (t = 2) and picks neuron 1; rate decoding picks the late, strong neuron 2; TWD and TQ-TTFS tie neurons 0 and 1, which spike in the same step (the paper's Fig. 2b).
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 T = 8

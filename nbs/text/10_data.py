@@ -162,6 +162,7 @@ for name, folder in [('mnist', 'MNIST'), ('fashion-mnist', 'FashionMNIST')]:
 # pullover, coat) differ only in details. Four test images of each class:
 
 # %%
+#| fig-cap: Four Fashion-MNIST test images of each class: shirt, T-shirt, pullover and coat differ only in details, which is what makes the set harder than MNIST.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 if 'fashion-mnist' in found:

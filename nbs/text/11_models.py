@@ -388,6 +388,7 @@ test_eq(logits.shape, (2, 10)); test_eq(t.shape, (2,))
 # dimension throughout; the neurons (red) are the only layers that look along it.
 
 # %%
+#| fig-cap: The Fashion-MNIST network, stage by stage, with the shape each outputs for one image at T = 4: time stays the leading dimension, and only the neurons (red) look along it.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 def describe_layer(module) -> str:

@@ -120,6 +120,7 @@ test_eq(len(lr_factors(controls, 'cosine', 157)), 157 * 10)
 # stage boundary, where the per-epoch schedule jumps back up from a half-decayed rate.
 
 # %%
+#| fig-cap: The learning rate of the recipe's schedule `1:12,2:4,4:4`, stepped per batch and per epoch: stepped per batch, `stage-cosine` reaches zero at every stage boundary, where the per-epoch schedule jumps back from a half-decayed rate.
 #| code-fold: true
 import matplotlib.pyplot as plt
 recipe, batches = parse_schedule('1:12,2:4,4:4'), 938
@@ -130,7 +131,7 @@ for ax, kind in zip(axes, LR_SCHEDULES):
     ax.step(range(20), lr_factors(recipe, kind), where='post', ls='--', lw=1, label='per epoch')
     for end in [sum(e for _, e in recipe[:i + 1]) for i in range(len(recipe) - 1)]: ax.axvline(end, color='grey', ls=':')
     ax.set(title=f"--lr-schedule {kind}", xlabel='epoch', ylabel='fraction of --lr'); ax.legend(fontsize=8)
-fig.suptitle("Figure 12.1: the learning rate of the recipe's schedule, stepped per batch and per epoch", fontsize=10)
+fig.suptitle("the learning rate of the recipe's schedule, stepped per batch and per epoch", fontsize=10)
 fig.tight_layout(); plt.show()
 
 
@@ -442,8 +443,9 @@ def run_epochs(model, optimizer, scheduler, stages, epochs, seed=0, batch_size=3
 # it, because the TSD decides at the first output spike.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
+#| fig-cap: Ten epochs on digits, schedule `1:4,2:3,4:3`, stages dotted: accuracy climbs in the T = 1 stage and does not fall back to chance when T rises, and the mean decision step stays below each stage's T.
 #| code-fold: true
+# NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 curve = parse_schedule('1:4,2:3,4:3')
 trained, optimizer, scheduler = start(curve)
@@ -455,7 +457,7 @@ for ax, key, label in zip(axes, ['train_loss', 'test_accuracy', 'avg_timesteps']
     ax.plot(epochs, [r[key] for r in rows], 'o-')
     ax.set(xlabel='epoch')
     ax.set_title(label, pad=mark_stages(ax, rows))
-fig.suptitle('Figure 12.2: ten epochs on digits, schedule 1:4,2:3,4:3 (stages dotted)', fontsize=10)
+fig.suptitle('ten epochs on digits, schedule 1:4,2:3,4:3 (stages dotted)', fontsize=10)
 fig.tight_layout(); plt.show()
 print(f"test accuracy {rows[-1]['test_accuracy']:.3f} after {len(rows)} epochs, mean decision step + 1 = {rows[-1]['avg_timesteps']:.2f}")
 test_eq(epochs, list(range(1, 11)))
@@ -509,8 +511,9 @@ for left_out in ('optimizer', 'scheduler'):
 # after training we expect spikes in every layer, most of them early, and no neuron with more than one:
 
 # %%
-# NBVAL_IGNORE_OUTPUT
+#| fig-cap: One test digit's spikes, freshly initialised (top) and trained (bottom), a dot per neuron at the step it fired: untrained, the network is silent; trained, every layer fires, mostly early, and no neuron twice.
 #| code-fold: true
+# NBVAL_IGNORE_OUTPUT
 from pttfs.models import record_spikes
 torch.manual_seed(0)
 digit = digits_test[0][0].unsqueeze(0)
@@ -531,7 +534,7 @@ for row, (when, spikes) in enumerate(rasters.items()):
         ax.set_xlim(-0.5, 3.5); ax.set_xticks(range(4)); ax.tick_params(labelsize=7)
         if col == 0: ax.set_ylabel('neuron (by spike time)', fontsize=8)
         if row == 1: ax.set_xlabel('time step', fontsize=8)
-fig.suptitle('Figure 12.3: one test digit, freshly initialised (top) and trained (bottom)', fontsize=10)
+fig.suptitle('one test digit, freshly initialised (top) and trained (bottom)', fontsize=10)
 fig.tight_layout(); plt.show()
 test_eq(all(float(s.sum(0).max()) <= 1 for spikes in rasters.values() for s in spikes.values()), True)
 test_eq(all(float(s.sum()) > 0 for s in rasters['trained'].values()), True)

@@ -158,6 +158,7 @@ for path, run in mnist_runs.items():
     print("   last epoch of each stage:", ', '.join(f"T={T}: {100 * a:.2f}%" for T, a in by_T.items()))
 
 # %%
+#| fig-cap: MNIST learning curves of the stored runs, stages dotted: the curves do not fall when the schedule raises T.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 if mnist_runs:
@@ -296,6 +297,7 @@ print(f"{'whole run':16} {recipe['wall_seconds'] / 60:7.2f} minutes")
 # training accuracy is the running value during the epoch, with augmentation:
 
 # %%
+#| fig-cap: The Fashion-MNIST recipe's learning curve, stages dotted: test accuracy at the stage's T after every epoch beside the running training accuracy; look at the last two epochs, the T = 2 and T = 4 stages.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 from pttfs.train import mark_stages
@@ -557,11 +559,12 @@ for name in thresholds['configs']:
         print(verdict(thresholds, name, 'inc-b'), '| Table 5 shape:', ', '.join(k for k, v in shape.items() if v) or 'none of it')
 
 # %% [markdown]
-# Figure 13.1 follows the decisions through training (seed 0 of each threshold, from the decision table logged after
+# Figure 13.3 follows the decisions through training (seed 0 of each threshold, from the decision table logged after
 # every epoch, with the stored running averages). Look at where each curve leaves 100 %: nothing can decide later at
 # T = 1, so every threshold starts there, and what happens at the T = 2 and T = 4 stages is the threshold's doing.
 
 # %%
+#| fig-cap: Decisions through training, one curve per decoder threshold (seed 0): every threshold decides at t = 0 throughout the T = 1 stage; at V_th ≥ 4 the share at t = 0 collapses once the T = 2 and T = 4 stages begin.
 #| code-fold: true
 import matplotlib.pyplot as plt
 fig, (ax_share, ax_late) = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
@@ -575,7 +578,7 @@ for ax in (ax_share, ax_late):
     ax.set_xlabel('epoch (stages T = 1, 2, 4)')
 ax_share.set(ylabel='% deciding at t = 0', ylim=(-3, 103)); ax_share.legend(fontsize=8)
 ax_late.set(ylabel='accuracy of later deciders %', ylim=(-3, 103))
-fig.suptitle("Figure 13.1: decisions through training, one curve per decoder threshold (seed 0)", fontsize=10)
+fig.suptitle("decisions through training, one curve per decoder threshold (seed 0)", fontsize=10)
 fig.tight_layout(); plt.show()
 
 # %%
@@ -604,7 +607,7 @@ test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresh
 # trained at $V_{th} \ge 4$ lose much of their accuracy (more than 15 points), so their later steps carry
 # information the first step does not. None has Table 5's shape (a majority at t = 0, at least 10 % later, the later
 # ones well above chance, and no loss against $V_{th} = 1$): the thresholds that spread decisions far enough leave too
-# many images waiting for the last step, and the one that keeps a majority at t = 0 spreads too few. Figure 13.1 shows
+# many images waiting for the last step, and the one that keeps a majority at t = 0 spreads too few. Figure 13.3 shows
 # where this is learnt: the share deciding at t = 0 is 100 % at T = 1 for every threshold and falls at the T = 2 and
 # T = 4 stages, furthest for the highest thresholds, so training with more steps and a high threshold teaches the
 # network to wait. We did not find a threshold, in this budget, that gives the paper's trade of latency for accuracy;
@@ -724,6 +727,7 @@ for run in sweep['runs']:
         print(f"  V_th {point['decoder_threshold']:5}: accuracy {100 * point['test_accuracy']:6.2f} %, avg steps {point['avg_timesteps']:.3f}")
 
 # %%
+#| fig-cap: Accuracy against average decision steps, one point per decoder threshold at evaluation time: for the networks trained at V_th = 1 the curve falls to the right, so waiting costs accuracy rather than buying it.
 # NBVAL_IGNORE_OUTPUT
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
 for run in sweep['runs']:
@@ -968,6 +972,7 @@ for r in precision['rows']:
 # the threshold study):
 
 # %%
+#| fig-cap: The share of a batch still computing at each step with early exit, per stored run: at V_th = 1 almost nothing is left after t = 0; higher thresholds keep more of the batch running.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 def still_running(decisions):
@@ -1009,6 +1014,7 @@ for r in bench['rows']:
     test_eq(r['identical_predictions'] and r['identical_decisions'], True)
 
 # %%
+#| fig-cap: Early exit against the full evaluation on the MNIST recipe's network at T = 4, 8 and 16: wall time (left) and steps computed per image (right); with early exit the steps stay near one while the full pass computes all T.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -469,6 +469,7 @@ for name, result in results.items():
     for mode in ('train', 'inference'): ratio_table(result, mode)
 
 # %%
+#| fig-cap: The isolated neuron in training mode, SpikingJelly's LIF and PSN against ours over N × T (ratios above 1: ours is faster): look at the smallest ratios, at the largest N, where every neuron is bound by memory traffic.
 # NBVAL_IGNORE_OUTPUT
 grid = results.get('cpu-2core-grid.json') or cpu          # the widest sweep stored
 if grid: plot_isolated(grid, 'train');
@@ -684,6 +685,7 @@ for mode in ('train', 'inference'):
         print(f"{mode:9} {a:>10} faster than {b:<15} at {len(points):2d} of {of} points {where}")
 
 # %%
+#| fig-cap: The forms raced in training mode, each against the fused kernel: the paper's time-parallel form beats BPTT only where N is small and T long, and no form beats the kernel.
 # NBVAL_IGNORE_OUTPUT
 plot_ratios(forms, 'train', peers=('amos-torch', 'amos-sequential', 'sj-lif', 'sj-lif-psnpaper', 'sj-psn'));
 
@@ -722,6 +724,7 @@ print(f"points where the time-parallel form beats the one-lane kernel: {len(cros
       f"{sum(1 for k in ctimes if k[3] == 'amos')}" + (f": {sorted(crossings)}" if crossings else ''))
 
 # %%
+#| fig-cap: Few neurons, many steps: the one-lane kernel against the time-parallel form and BPTT at N = 1 to 64; look for a crossover, and find none up to T = 2^14.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -780,6 +783,7 @@ for peer in ('lif', 'psn'):
           f"smallest {low:.2f}x {at_low}, largest {high:.2f}x {at_high}")
 
 # %%
+#| fig-cap: Our network step against the same network with SpikingJelly's LIF and PSN, per T, in float32 and bfloat16: the margins are tens of percent, a fraction of the isolated neuron's, because convolutions and batch norm take most of a step.
 # NBVAL_IGNORE_OUTPUT
 import matplotlib.pyplot as plt
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -606,6 +606,8 @@ def _finish(args, model, history, final, test_loader, device, epochs, last_epoch
 # becomes one line and exit code 2.
 
 # %%
+#| fig-cap: accuracy.png of a short digits run at decoder threshold 2: test accuracy and decisions per epoch, stages marked; the share deciding at t = 0 falls once T > 1.
+#| fig-cap: t_first.png of the same run: how many test images decide at each step; most at t = 0, some later because the threshold is 2.
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import Image, display
 import contextlib
