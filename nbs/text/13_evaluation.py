@@ -278,8 +278,7 @@ test_eq(gap <= 0.1, True)
 # Our network is the SCNN with two convolutions per block (chapter 11: C = 32, 256 hidden neurons, six AMOS LIF
 # layers and the TSD). The paper's SCNN⁵ is defined in a supplement we do not have. Training: random crops,
 # batch 128, Adam at 3·10⁻³ with a cosine decay, bfloat16 autocast, 20 epochs at T = 1, then one at T = 2 and one
-# at T = 4. The targets are Table 1's accuracy, Table 2's steps, and the whole command within 60 minutes on the
-# project's 2-core CPU. The run is stored with its command and machine in `benchmarks/fmnist-recipe.json`:
+# at T = 4. The paper's numbers to compare with are Table 1's accuracy and Table 2's steps. The run is stored with its command and machine in `benchmarks/fmnist-recipe.json`:
 
 # %%
 recipe = json.load(open('../benchmarks/fmnist-recipe.json'))
@@ -596,7 +595,6 @@ test_eq(all(r['decisions_precise_bn'][-1]['accuracy'] < r['test_accuracy_precise
             for r in thresholds['runs'] if r['config'] == 'inc-v4'), True)               # is read worse than the rest
 test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresholds['runs'] if r['config'] in ('inc-v4', 'inc-v10')), True)
 
-
 # %% [markdown]
 # What it shows: **the threshold does move decisions, and it does not buy accuracy.** At $V_{th} = 2$ more than nine
 # images in ten still decide at t = 0; at 4 fewer than half do, and at 10 almost none, every other image waiting for
@@ -612,6 +610,52 @@ test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresh
 # T = 4 stages, furthest for the highest thresholds, so training with more steps and a high threshold teaches the
 # network to wait. We did not find a threshold, in this budget, that gives the paper's trade of latency for accuracy;
 # longer training (the paper trains for hundreds of epochs) is the untested remainder.
+
+# %% [markdown]
+# ### The full training set
+#
+# Everything since the recipe ran on a 20,000-image subset for ten epochs. Two settings trained on all 60,000 images
+# for 22 epochs, with the rate stepped per batch, each evaluated at its own T with stored and with recomputed batch-norm
+# statistics (`benchmarks/fmnist-full.json`):
+#
+# * `full-v1`: the recipe's schedule `1:20,2:1,4:1` and one cosine, $V_{th} = 1$: the recipe run again without the
+#   schedule's confound;
+# * `full-v3`: `1:14,2:4,4:4` with a cosine per stage and the decoder's $V_{th}$ held at 3, between the 2 that kept nine
+#   images in ten at t = 0 and the 4 that left fewer than half (the study above), with longer stages at T = 2 and 4 for
+#   the threshold to act on.
+#
+# The paper reports 93.14 % (Table 1) at 1.83 average steps (Table 2) on Fashion-MNIST.
+
+# %%
+full = json.load(open('../benchmarks/fmnist-full.json'))
+print(f"{full['machine']['cpu_model']}; {len(full['runs'])} runs; the paper: 93.14 % at 1.83 steps")
+print(f"{'run':14} {'V_th':>4} {'stored BN %':>11} {'precise %':>9} {'avg steps':>9} {'t=0 %':>6} {'later %':>7} "
+      f"{'their acc %':>11} {'read at T=1 %':>13}")
+for r in full['runs']:
+    share, accuracy = late(r['decisions_precise_bn'])
+    threshold = float(r['command'].split('--decoder-threshold ')[1].split()[0]) if '--decoder-threshold' in r['command'] else 1.0
+    print(f"{r['run']:14} {threshold:4g} {100 * r['test_accuracy']:11.2f} {100 * r['test_accuracy_precise_bn']:9.2f} "
+          f"{r['avg_timesteps_precise_bn']:9.3f} {100 * r['decisions_precise_bn'][0]['fraction']:6.2f} {100 * share:7.2f} "
+          f"{'—' if accuracy is None else f'{100 * accuracy:.2f}':>11} {100 * r['test_accuracy_at_T1']:13.2f}")
+
+# %% [markdown]
+# The same runs epoch by epoch (Figure 13.4):
+
+# %%
+#| fig-cap: The full-data runs epoch by epoch (stored batch-norm statistics; dotted: the stages of `full-v3`, while `full-v1` raises T at epochs 21 and 22): test accuracy (left) and the share deciding at t = 0 (right). Look at the last stages: at V_th = 1 the share stays near 100 % and the accuracy falls when T rises; at V_th = 3 about one image in ten waits once T > 1.
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+fig, (ax_accuracy, ax_share) = plt.subplots(1, 2, figsize=(10, 3.4))
+for r in full['runs']:
+    epochs = [row['epoch'] for row in r['history']]
+    ax_accuracy.plot(epochs, [100 * row['test_accuracy'] for row in r['history']], 'o-', ms=3, label=r['run'])
+    ax_share.plot(epochs, [100 * row['decisions'][0]['fraction'] for row in r['history']], 'o-', ms=3, label=r['run'])
+ax_accuracy.set(xlabel='epoch', ylabel='test accuracy %'); ax_accuracy.axhline(93.14, color='k', lw=0.8, ls='--')
+ax_accuracy.annotate('the paper', (1, 93.14), xytext=(2, 2), textcoords='offset points', fontsize=8)
+ax_share.set(xlabel='epoch', ylabel='% deciding at t = 0', ylim=(-3, 103)); ax_share.legend(fontsize=8)
+for ax, r in ((ax_accuracy, full['runs'][-1]), (ax_share, full['runs'][-1])): mark_stages(ax, r['history'])
+fig.tight_layout(); plt.show()
+
 
 # %% [markdown]
 # ### Table 3 with the readout separated from the neuron
