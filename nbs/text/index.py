@@ -191,7 +191,7 @@ for step in range(20):
 # ## What the stored runs show
 #
 # Accuracy and latency from the runs in `benchmarks/` (each file keeps its command and machine; chapter 13 reads them
-# in full). The MNIST recipe over seeds, the Fashion-MNIST recipe, and the equal-epoch controls that test whether more
+# in full). The MNIST recipe over seeds, the Fashion-MNIST recipe and two settings trained on its full training set, and the equal-epoch controls that test whether more
 # time steps pay (P3): the same 10 epochs on a training subset spent at T = 1, or split incrementally over T = 1, 2, 4
 # with a cosine per stage or one over all epochs, the learning rate stepped per batch and batch norm's statistics
 # recomputed before testing; then the decoder threshold held higher through training, which is what spreads
@@ -208,6 +208,14 @@ print(f"MNIST recipe:         {statistics.mean(accuracy):.2f} ± {statistics.std
       f"(mean ± sd), {statistics.mean(s['avg_timesteps'] for s in mnist):.2f} average decision steps")
 fmnist = json.load(open(stored / 'fmnist-recipe.json'))['summary']
 print(f"Fashion-MNIST recipe: {100 * fmnist['test_accuracy']:.2f} % (one seed), {fmnist['avg_timesteps']:.2f} average decision steps")
+full = json.load(open(stored / 'fmnist-full.json'))            # all 60,000 training images, 22 epochs, precise BN
+for config, what in (('full-v1', 'V_th 1, the recipe schedule'), ('full-v3', 'V_th 3 held, longer T = 2 and 4 stages')):
+    rows = [r for r in full['runs'] if r['config'] == config]
+    values = [100 * r['test_accuracy_precise_bn'] for r in rows]
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ''
+    print(f"Fashion-MNIST, full training set, {what}: {statistics.mean(values):.2f}{spread} % (n = {len(values)}), "
+          f"{statistics.mean(r['avg_timesteps_precise_bn'] for r in rows):.2f} steps, "
+          f"{100 * statistics.mean(1 - r['decisions_precise_bn'][0]['fraction'] for r in rows):.1f} % deciding after t = 0")
 from pttfs.evaluation import welch
 def accuracies(study, config): return [r['test_accuracy_precise_bn'] for r in study['runs'] if r['config'] == config]
 def line(study, config, what, reference):
