@@ -69,7 +69,7 @@ def _all_sum(values: list, device) -> list:
     dist.all_reduce(t)
     return t.tolist()
 
-
+# %% ../nbs/12_train.ipynb #f57fbfe1
 def autocast_for(device, bf16: bool = None):
     "bfloat16 autocast of convolutions and linear layers when `bf16` (None: on CUDA only); the neurons compute in float32."
     if bf16 is None: bf16 = str(device).startswith('cuda')

@@ -201,6 +201,8 @@ def _all_sum(values: list, device) -> list:
     return t.tolist()
 
 
+# %%
+#| export
 def autocast_for(device, bf16: bool = None):
     "bfloat16 autocast of convolutions and linear layers when `bf16` (None: on CUDA only); the neurons compute in float32."
     if bf16 is None: bf16 = str(device).startswith('cuda')

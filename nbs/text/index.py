@@ -181,10 +181,10 @@ for step in range(20):
 #
 # Appendices, after the chapters they serve (no chapter imports one):
 #
-# A. [Run folders, checkpoints and settings](nbs/15_runs.ipynb): atomic writes, checksummed checkpoints, locked run folders, output files and figures that never replace a reader's, a run's settings back to its network, one-line errors.
-# B. [The `pttfs-train` command](nbs/16_train_cli.ipynb): flags and recipes (the PSN paper's CIFAR protocol) checked before any work, baselines, resuming a killed run, data-parallel under `torchrun`, the figures of a run.
-# C. [Evaluating a run](nbs/17_run_eval.ipynb): `load_run`, `evaluate_run` and `pttfs-eval` (early exit, decisions, spikes to the decision), and `ablation`, which re-runs chapter 13's studies.
-# D. [The `pttfs-bench` command](nbs/18_bench_cli.ipynb): chapter 14's benchmarks from the command line.
+# - **A.** [Run folders, checkpoints and settings](nbs/15_runs.ipynb): atomic writes, checksummed checkpoints, locked run folders, output files and figures that never replace a reader's, a run's settings back to its network, one-line errors.
+# - **B.** [The `pttfs-train` command](nbs/16_train_cli.ipynb): flags and recipes (the PSN paper's CIFAR protocol) checked before any work, baselines, resuming a killed run, data-parallel under `torchrun`, the figures of a run.
+# - **C.** [Evaluating a run](nbs/17_run_eval.ipynb): `load_run`, `evaluate_run` and `pttfs-eval` (early exit, decisions, spikes to the decision), and `ablation`, which re-runs chapter 13's studies.
+# - **D.** [The `pttfs-bench` command](nbs/18_bench_cli.ipynb): chapter 14's benchmarks from the command line.
 #
 
 # %% [markdown]
