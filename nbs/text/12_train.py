@@ -175,7 +175,7 @@ for bad in ['1,2', '1,2,x', '1,0,2', '1,nan,2', '1,2,4,8']:
 #
 # Training: by default Adam on the cross-entropy of the decoder's logits (for the TSD, the output membranes at
 # $t_{1st}$), with the learning-rate schedule above (`lr_factors`). Three options come from the PSN
-# paper's protocol (below): label smoothing, mixing pairs of images (`mixup_or_cutmix`, whose labels become soft),
+# paper's protocol (Appendix B's `--recipe psn`): label smoothing, mixing pairs of images (`mixup_or_cutmix`, whose labels become soft),
 # and SGD with momentum.
 #
 # **bfloat16.** `--bf16` runs the convolutions and linear layers under bfloat16 autocast; the neurons always
