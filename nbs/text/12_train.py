@@ -170,7 +170,7 @@ for bad in ['1,2', '1,2,x', '1,0,2', '1,nan,2', '1,2,4,8']:
 # %% [markdown]
 # ## One epoch, and the evaluation
 #
-# The training images come from chapter 10's `TensorImages` (the whole split in memory, augmented a batch at a
+# In `pttfs-train` (Appendix B) the training images come from chapter 10's `TensorImages` (the whole split in memory, augmented a batch at a
 # time) for every dataset but `digits` and the PSN policy (`--augment psn`), which go through a `DataLoader`.
 #
 # Training: by default Adam on the cross-entropy of the decoder's logits (for the TSD, the output membranes at
