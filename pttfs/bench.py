@@ -10,7 +10,6 @@ __all__ = ['NEURONS', 'TRAIN_PROTOCOL', 'spikingjelly_neuron', 'make_neuron', 'r
 # %% ../nbs/14_benchmark.ipynb #ceb54d26
 import json
 import math
-import re
 import statistics
 import subprocess
 import sys

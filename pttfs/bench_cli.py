@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-import torch
 from .bench import (NEURONS, TRAIN_PROTOCOL, memory_rates, isolated_neuron_benchmark, network_benchmark,
                          add_peak_memory, ratios, plot_ratios, plot_isolated)
 from .runs import (OneLineParser, HelpFormatter, atomic_write, check_device, default_device, check_out_file,

@@ -6,11 +6,7 @@
 __all__ = ['E_MAC', 'E_AC', 'synaptic_fanout', 'first_layer_macs', 'energy_estimate', 'stage_ends', 'welch']
 
 # %% ../nbs/13_evaluation.ipynb #2cca4253
-import json
 from .models import NEURON_LAYERS
-import os
-import time
-import torch
 from torch import nn
 
 # %% ../nbs/13_evaluation.ipynb #c3f3e2c1

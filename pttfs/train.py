@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['MAX_T', 'MAX_EPOCHS', 'LR_SCHEDULES', 'parse_schedule', 'epoch_stages', 'lr_factors', 'stage_thresholds',
            'autocast_for', 'mixup_or_cutmix', 'train_epoch', 'decision_table', 'add_spike_counts', 'evaluate',
-           'recalibrate_batch_norm', 'training_subset', 'mark_stages', 'decision_curve']
+           'recalibrate_batch_norm', 'training_subset', 'mark_stages', 'decision_curve', 'per_step_scheduler',
+           'epoch_seed']
 
 # %% ../nbs/12_train.ipynb #fa9f9d6e
 import math
 import torch
 from torch import nn, Tensor
-from torch.utils.data import DataLoader
 from .data import TensorImages
 from .models import spike_recorder
 
@@ -208,3 +208,13 @@ def decision_curve(history: list) -> tuple:
         epochs.append(row['epoch']); at_zero.append(row['decisions'][0]['fraction'])
         later.append(sum(r['fraction'] * r['accuracy'] for r in rest) / share if rest else None)
     return epochs, at_zero, later
+
+# %% ../nbs/12_train.ipynb #76f400de
+def per_step_scheduler(optimizer, factors: list):
+    "A LambdaLR that steps through `factors` (from `lr_factors`) and stays at the last one after it."
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, len(factors) - 1)])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    "The seed of one epoch's randomness (data order, crops): the run's seed and the epoch alone."
+    return seed * 100003 + epoch

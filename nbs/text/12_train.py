@@ -14,7 +14,6 @@
 import math
 import torch
 from torch import nn, Tensor
-from torch.utils.data import DataLoader
 from pttfs.data import TensorImages
 from pttfs.models import spike_recorder
 
@@ -24,6 +23,7 @@ from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
 from pttfs.data import load_dataset
 from pttfs.models import build_model
+from torch.utils.data import DataLoader
 
 # %% [markdown]
 # ## The schedule
@@ -400,6 +400,7 @@ print(decision_curve(rows))
 test_eq(decision_curve(rows), ([1, 2, 3], [1.0, 0.75, 0.5], [None, 0.6, 0.6000000000000001]))
 test_eq(decision_curve([dict(epoch=1, T=4, test_accuracy=0.5)]), ([], [], []))      # a run made before the tables were logged
 
+
 # %% [markdown]
 # ## The loop
 #
@@ -409,6 +410,31 @@ test_eq(decision_curve([dict(epoch=1, T=4, test_accuracy=0.5)]), ([], [], []))  
 # a command line; here it runs in memory on `digits` (chapter 10's offline set), so that each idea can be seen on its
 # own. `start` builds a seeded network, Adam and the per-batch cosine of `lr_factors`; `run_epochs` trains the epochs
 # it is given and returns one row per epoch.
+
+# %% [markdown]
+# Two pieces of the loop that `pttfs-train` shares: the learning-rate schedule as an optimizer's scheduler, and
+# the seed of an epoch, drawn from the run's seed and the epoch alone (so that an epoch redone after a resume
+# draws the same data order):
+
+# %%
+#| export
+def per_step_scheduler(optimizer, factors: list):
+    "A LambdaLR that steps through `factors` (from `lr_factors`) and stays at the last one after it."
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, len(factors) - 1)])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    "The seed of one epoch's randomness (data order, crops): the run's seed and the epoch alone."
+    return seed * 100003 + epoch
+
+
+# %%
+optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+scheduler = per_step_scheduler(optimizer, [1.0, 0.5, 0.25])
+rates = []
+for _ in range(5): rates.append(optimizer.param_groups[0]['lr']); optimizer.step(); scheduler.step()
+test_eq(rates, [1.0, 0.5, 0.25, 0.25, 0.25])
+test_eq((epoch_seed(0, 3), epoch_seed(1, 0) != epoch_seed(0, 1)), (3, True))
 
 # %%
 digits_train, digits_test = load_dataset('digits'), load_dataset('digits', train=False)
@@ -420,15 +446,14 @@ def start(stages, seed=0, lr=5e-3, batch_size=32):
     model = build_model('digits', channels=8, hidden=64)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     factors = lr_factors(stages, 'cosine', math.ceil(len(digits_train) / batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, len(factors) - 1)])
-    return model, optimizer, scheduler
+    return model, optimizer, per_step_scheduler(optimizer, factors)
 
 def run_epochs(model, optimizer, scheduler, stages, epochs, seed=0, batch_size=32):
     "Train these epochs of the schedule; per epoch a row: T, the training loss, and the evaluation at T."
     rows = []
     for epoch in epochs:
         T = epoch_stages(stages)[epoch]
-        order = torch.Generator().manual_seed(seed * 100003 + epoch)     # the epoch's order from the epoch alone
+        order = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         loader = DataLoader(digits_train, batch_size=batch_size, shuffle=True, generator=order)
         row = dict(epoch=epoch + 1, T=T, **train_epoch(model, loader, T, optimizer, 'cpu', scheduler=scheduler))
         result = evaluate(model, test_batches, T, 'cpu')

@@ -11,11 +11,7 @@
 
 # %%
 #| export
-import json
 from pttfs.models import NEURON_LAYERS
-import os
-import time
-import torch
 from torch import nn
 
 # %%
@@ -25,6 +21,10 @@ from nbdev.showdoc import show_doc
 from pttfs.neuron import AMOSLIF
 from pttfs.models import SequenceWise, build_model
 from pttfs.decoders import OutputLayer
+import json
+import os
+import time
+import torch
 
 # %% [markdown]
 # ## Latency

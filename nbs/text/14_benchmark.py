@@ -13,7 +13,6 @@
 #| export
 import json
 import math
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pttfs.models import cifar_net
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
+import re
 
 
 # %% [markdown]

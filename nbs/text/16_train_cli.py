@@ -24,7 +24,7 @@ from pttfs.data import DATASETS, TensorImages, load_dataset
 from pttfs.decoders import DECODERS
 from pttfs.models import NEURONS, SURROGATES
 from pttfs.train import (parse_schedule, epoch_stages, lr_factors, LR_SCHEDULES, stage_thresholds, mixup_or_cutmix,
-                         train_epoch, evaluate, training_subset, _all_sum)
+                         train_epoch, evaluate, training_subset, _all_sum, per_step_scheduler, epoch_seed)
 from pttfs.runs import (RunError, RunFolder, atomic_write, write_metrics, save_checkpoint, load_checkpoint, check_out_path,
                         RUN_KEYS, RECIPES, run_settings, model_for, network_signature,
                         OneLineParser, HelpFormatter, default_device, check_device, new_run_folder, plot_run)
@@ -434,7 +434,7 @@ def _finished_run(args, state: dict, total: int) -> dict:
 def _epoch_loader(args, train_set, epoch: int, rank: int, world_size: int) -> DataLoader:
     "The epoch's training batches in a seeded order: the same order when the epoch is redone after a kill."
     if world_size == 1:
-        order = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+        order = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
         if isinstance(train_set, TensorImages): return train_set.batches(args.batch_size, order)   # crops drawn from `order` too
         return DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=order, num_workers=args.workers)
     from torch.utils.data.distributed import DistributedSampler     # each process its share; the global batch stays
@@ -463,8 +463,7 @@ def _model_and_optimizer(args, device, epochs: int, state: dict = None) -> tuple
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     else:
         factors = lr_factors(args.stages, args.lr_schedule, getattr(args, 'steps_per_epoch', 1) if args.lr_step == 'batch' else 1)
-        def factor(step: int) -> float: return factors[min(step, len(factors) - 1)]   # the step after the last one too
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = per_step_scheduler(optimizer, factors)
     if state is not None:
         if network_signature(state['model']) != network_signature(model.state_dict()):
             raise RunError(f"--resume: {args.out}/last.pt holds another network than its settings describe")
@@ -541,7 +540,7 @@ def _train_in_folder(args, rank, world_size, device, train_set, test_set) -> dic
     for epoch in range(epochs_done, last_epoch):
         T = epochs[epoch]
         if args.stage_thresholds is not None: model.decoder.neuron.v_threshold = args.epoch_thresholds[epoch]
-        torch.manual_seed(args.seed * 100003 + epoch); random.seed(args.seed * 100003 + epoch)   # per epoch: resumable
+        torch.manual_seed(epoch_seed(args.seed, epoch)); random.seed(epoch_seed(args.seed, epoch))   # per epoch: resumable
         train_loader = _epoch_loader(args, train_set, epoch, rank, world_size)
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1} T={T}", leave=False, disable=not interactive) as bar:
             row = dict(epoch=epoch + 1, T=T, lr=optimizer.param_groups[0]['lr'])

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-import torch
 from pttfs.bench import (NEURONS, TRAIN_PROTOCOL, memory_rates, isolated_neuron_benchmark, network_benchmark,
                          add_peak_memory, ratios, plot_ratios, plot_isolated)
 from pttfs.runs import (OneLineParser, HelpFormatter, atomic_write, check_device, default_device, check_out_file,
@@ -26,6 +25,7 @@ from pttfs.runs import (OneLineParser, HelpFormatter, atomic_write, check_device
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
+import torch
 
 
 # %% [markdown]
