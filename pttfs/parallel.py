@@ -9,8 +9,7 @@ __all__ = ['second_fake_spike_index', 'spike_gradient', 'reverse_leaky_scan', 's
 # %% ../nbs/04_backward.ipynb #769dedca
 import torch
 from torch import Tensor
-from .surrogate import Sigmoid, surrogate_derivative
-from .dynamics import check_neuron_args, tau_tensor
+from .surrogate import surrogate_derivative
 from .charging import leaky_scan
 from .first_spike import fake_spikes, first_spike_index, amos_lif_forward
 

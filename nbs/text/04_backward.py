@@ -13,8 +13,7 @@
 #| export
 import torch
 from torch import Tensor
-from pttfs.surrogate import Sigmoid, surrogate_derivative
-from pttfs.dynamics import check_neuron_args, tau_tensor
+from pttfs.surrogate import surrogate_derivative
 from pttfs.charging import leaky_scan
 from pttfs.first_spike import fake_spikes, first_spike_index, amos_lif_forward
 
@@ -22,7 +21,8 @@ from pttfs.first_spike import fake_spikes, first_spike_index, amos_lif_forward
 #| hide
 from fastcore.test import test_eq, test_close, test_fail
 from nbdev.showdoc import show_doc
-from pttfs.surrogate import ATan
+from pttfs.surrogate import ATan, Sigmoid
+from pttfs.dynamics import tau_tensor
 from pttfs.dynamics import amos_lif_sequential
 from pttfs.charging import charge
 from pttfs.first_spike import spikes_from_index
