@@ -484,9 +484,9 @@ for name in batch['configs']:
     print(f"{name:13} {len(seeds(batch, name, 'test_accuracy')):2} {mean_sd_of(seeds(batch, name, 'test_accuracy')):>15} "
           f"{mean_sd_of(seeds(batch, name, 'test_accuracy_precise_bn')):>15} "
           f"{statistics.mean(seeds(batch, name, 'avg_timesteps_precise_bn')):9.3f} {100 * at_zero:9.2f}")
-def verdict(study, name, reference, key='test_accuracy_precise_bn') -> str:
-    "name against reference on `key`: the difference in points and Welch's test."
-    w = welch(seeds(study, name, key), seeds(study, reference, key))
+def verdict(study, name, reference, key='test_accuracy_precise_bn', reference_study=None) -> str:
+    "name against reference (from `reference_study`, default the same study) on `key`: the difference in points and Welch's test."
+    w = welch(seeds(study, name, key), seeds(reference_study or study, reference, key))
     word = 'no significant difference' if w['p'] >= 0.05 else ('significantly above' if w['difference'] > 0 else 'significantly below')
     return f"{name} - {reference}: {100 * w['difference']:+.2f} points (n = {w['n'][0]}, {w['n'][1]}; Welch p = {w['p']:.3f}): {word}"
 print()
@@ -503,6 +503,7 @@ test_eq(all(precise[name] < precise['t1-b'] for name in ('inc-b', 'inc-cosine-b'
 shift = [abs(a - b) for a, b in zip(seeds(batch, 't1-b', 'test_accuracy'), seeds(batch, 't1-b', 'test_accuracy_precise_bn'))]
 test_eq(max(shift) > 0.02, True)                                # recomputing batch norm moved one T = 1 network by > 2 points
 test_eq(all(statistics.mean(d[0]['fraction'] for d in seeds(batch, n, 'decisions_precise_bn')) > 0.95 for n in batch['configs']), True)
+
 
 # %% [markdown]
 # What it shows, on this subset and budget: **with both confounds removed, P3 still does not hold here.** Both
@@ -525,7 +526,6 @@ test_eq(all(statistics.mean(d[0]['fraction'] for d in seeds(batch, n, 'decisions
 # accuracy at least that of the $V_{th} = 1$ control:
 
 # %%
-thresholds = json.load(open('../benchmarks/decoder-thresholds.json'))
 def late(decisions) -> tuple:
     "(fraction deciding after t = 0, their accuracy or None)."
     rest = [d for d in decisions[1:] if d['fraction'] > 0]
@@ -539,18 +539,38 @@ def table5_shape(study, name) -> dict:
     later_accuracy = [a for _, a in later if a is not None]
     return dict(majority_at_t0=at_zero > 0.5, ten_percent_later=statistics.mean(s for s, _ in later) >= 0.10,
                 later_well_above_chance=bool(later_accuracy) and statistics.mean(later_accuracy) >= 0.5)
-print(f"{thresholds['epochs']} epochs on {thresholds['train_subset']:,} training images; {thresholds['machine']['cpu_model']}; precise BN")
-print(f"{'':9} {'V_th':>4} {'n':>2} {'accuracy %':>15} {'avg steps':>9} {'t=0 %':>7} {'later %':>8} {'their acc %':>11}")
-vth = {name: float(seeds(thresholds, name, 'command')[0].split('--decoder-threshold ')[1].split()[0])
-       if '--decoder-threshold' in seeds(thresholds, name, 'command')[0] else 1.0 for name in thresholds['configs']}
-for name in thresholds['configs']:
-    tables = seeds(thresholds, name, 'decisions_precise_bn')
-    later = [late(d) for d in tables]
-    accuracies = [a for _, a in later if a is not None]
-    print(f"{name:9} {vth[name]:4g} {len(tables):2} {mean_sd_of(seeds(thresholds, name, 'test_accuracy_precise_bn')):>15} "
-          f"{statistics.mean(seeds(thresholds, name, 'avg_timesteps_precise_bn')):9.3f} "
-          f"{100 * statistics.mean(d[0]['fraction'] for d in tables):7.2f} {100 * statistics.mean(s for s, _ in later):8.2f} "
-          f"{(f'{100 * statistics.mean(accuracies):11.2f}' if accuracies else '—'.rjust(11))}")
+
+
+# %%
+def threshold_label(study, name) -> str:
+    "The decoder's V_th of a configuration, from its command: one number, or one per stage."
+    command = seeds(study, name, 'command')[0]
+    for flag in ('--decoder-threshold ', '--stage-thresholds '):
+        if flag in command: return command.split(flag)[1].split()[0]
+    return '1'
+def most_at(tables) -> str:
+    "The step where most images decide, with its share (mean over the seeds' decision tables)."
+    shares = [statistics.mean(d[t]['fraction'] for d in tables) for t in range(len(tables[0]))]
+    t = max(range(len(shares)), key=shares.__getitem__)
+    return f"t={t} {100 * shares[t]:.1f}%"
+def threshold_table(study):
+    "One row per configuration: accuracy (precise BN), steps, the decisions at t = 0 and later, and the later ones' accuracy."
+    print(f"{study['epochs']} epochs on {study['train_subset']:,} training images; {study['machine']['cpu_model']}; precise BN")
+    print(f"{'':9} {'V_th':>5} {'n':>2} {'accuracy %':>15} {'avg steps':>9} {'t=0 %':>7} {'later %':>8} {'their acc %':>11} {'most at':>11}")
+    for name in study['configs']:
+        tables = seeds(study, name, 'decisions_precise_bn')
+        later = [late(d) for d in tables]
+        accuracies = [a for _, a in later if a is not None]
+        print(f"{name:9} {threshold_label(study, name):>5} {len(tables):2} {mean_sd_of(seeds(study, name, 'test_accuracy_precise_bn')):>15} "
+              f"{statistics.mean(seeds(study, name, 'avg_timesteps_precise_bn')):9.3f} "
+              f"{100 * statistics.mean(d[0]['fraction'] for d in tables):7.2f} {100 * statistics.mean(s for s, _ in later):8.2f} "
+              f"{(f'{100 * statistics.mean(accuracies):11.2f}' if accuracies else '—'.rjust(11))} {most_at(tables):>11}")
+
+
+# %%
+thresholds = json.load(open('../benchmarks/decoder-thresholds.json'))
+threshold_table(thresholds)
+vth = {name: float(threshold_label(thresholds, name)) for name in thresholds['configs']}
 print()
 for name in thresholds['configs']:
     if name != 'inc-b' and len(seeds(thresholds, name, 'test_accuracy')) > 1 and len(seeds(thresholds, 'inc-b', 'test_accuracy')) > 1:
@@ -563,22 +583,28 @@ for name in thresholds['configs']:
 # T = 1, so every threshold starts there, and what happens at the T = 2 and T = 4 stages is the threshold's doing.
 
 # %%
-#| fig-cap: Decisions through training, one curve per decoder threshold (seed 0): every threshold decides at t = 0 throughout the T = 1 stage; at V_th ≥ 4 the share at t = 0 collapses once the T = 2 and T = 4 stages begin.
+#| fig-cap: Decisions through training, one curve per decoder threshold (seed 0): the share deciding at t = 0 (left), the average decision steps (middle) and the accuracy of the images deciding after t = 0 (right). Every threshold decides at t = 0 throughout the T = 1 stage; at V_th ≥ 4 the share at t = 0 collapses once the T = 2 and T = 4 stages begin.
 #| code-fold: true
 import matplotlib.pyplot as plt
-fig, (ax_share, ax_late) = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
-for name in thresholds['configs']:
-    history = next(r['history'] for r in thresholds['runs'] if r['config'] == name and r['seed'] == 0)
-    epochs = [row['epoch'] for row in history]
-    ax_share.plot(epochs, [100 * row['decisions'][0]['fraction'] for row in history], 'o-', ms=3, label=f"V_th = {vth[name]:g}")
-    ax_late.plot(epochs, [None if late(row['decisions'])[1] is None else 100 * late(row['decisions'])[1] for row in history], 's--', ms=3)
-for ax in (ax_share, ax_late):
-    for boundary in (6.5, 8.5): ax.axvline(boundary, color='grey', ls=':')
-    ax.set_xlabel('epoch (stages T = 1, 2, 4)')
-ax_share.set(ylabel='% deciding at t = 0', ylim=(-3, 103)); ax_share.legend(fontsize=8)
-ax_late.set(ylabel='accuracy of later deciders %', ylim=(-3, 103))
-fig.suptitle("decisions through training, one curve per decoder threshold (seed 0)", fontsize=10)
-fig.tight_layout(); plt.show()
+def decisions_through_training(study, names, boundaries=(6.5, 8.5), xlabel='epoch (stages T = 1, 2, 4)'):
+    "Seed 0 of each configuration, epoch by epoch: the share deciding at t = 0, the average steps, the later deciders' accuracy."
+    fig, (ax_share, ax_steps, ax_late) = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    for name in names:
+        history = next(r['history'] for r in study['runs'] if r['config'] == name and r['seed'] == 0)
+        epochs = [row['epoch'] for row in history]
+        ax_share.plot(epochs, [100 * row['decisions'][0]['fraction'] for row in history], 'o-', ms=3,
+                      label=f"{name}: V_th = {threshold_label(study, name)}")
+        ax_steps.plot(epochs, [row['avg_timesteps'] for row in history], 'o-', ms=3)
+        ax_late.plot(epochs, [None if late(row['decisions'])[1] is None else 100 * late(row['decisions'])[1] for row in history], 's--', ms=3)
+    for ax in (ax_share, ax_steps, ax_late):
+        for boundary in boundaries: ax.axvline(boundary, color='grey', ls=':')
+        ax.set_xlabel(xlabel)
+    ax_share.set(ylabel='% deciding at t = 0', ylim=(-3, 103)); ax_share.legend(fontsize=8)
+    ax_steps.set(ylabel='average decision steps', ylim=(0.9, 4.1))
+    ax_late.set(ylabel='accuracy of later deciders %', ylim=(-3, 103))
+    fig.tight_layout()
+    return fig
+decisions_through_training(thresholds, thresholds['configs']); plt.show()
 
 # %%
 # a record of the stored runs that the prose below describes
@@ -612,6 +638,93 @@ test_eq(all(r['test_accuracy_at_T1'] < r['test_accuracy'] - 0.15 for r in thresh
 # longer training (the paper trains for hundreds of epochs) is the untested remainder.
 
 # %% [markdown]
+# ### Thresholds at T = 4 throughout, and raised by stage
+#
+# In the incremental schedule above every threshold decides everything at t = 0 for the six epochs at T = 1
+# (Figure 13.3), so the threshold acts only in the last four. Two other ways to train it, on the same subset and
+# budget, every cosine annealed per batch:
+#
+# * at T = 4 from the first epoch, so the decoder sees all four steps throughout: `t4-v2`, `t4-v4`, `t4-v10`, beside
+#   `t4-b` at $V_{th} = 1$ (`--schedule 4:10`, one cosine), which is also the T = 4-only control that the controls
+#   with every cosine annealed lacked (compared below with `t1-b`);
+# * the threshold raised with the stage, 1 at T = 1, 2 at T = 2 and 4 at T = 4: `inc-vth-b`
+#   (`--stage-thresholds 1,2,4`), the per-batch version of the only earlier family that left the degenerate regime.
+#
+# The same table as above (`benchmarks/decoder-thresholds-t4.json`):
+
+# %%
+t4_thresholds = json.load(open('../benchmarks/decoder-thresholds-t4.json'))
+threshold_table(t4_thresholds)
+def paired(name):
+    "What each configuration is compared with first: T = 1 only for t4-b, t4-b for a held threshold, inc-b for inc-vth-b."
+    if name == 't4-b': return ('t1-b', batch)
+    return ('t4-b', t4_thresholds) if name.startswith('t4-v') else ('inc-b', thresholds)
+print()
+for name in t4_thresholds['configs']:
+    shape = ', '.join(k for k, v in table5_shape(t4_thresholds, name).items() if v) or 'none of it'
+    comparisons = [paired(name)] + ([(name.replace('t4-', 'inc-'), thresholds)] if name.startswith('t4-v') else [])
+    for reference, study in comparisons:
+        if name != reference and min(len(seeds(s, n, 'test_accuracy')) for s, n in ((t4_thresholds, name), (study, reference))) > 1:
+            print(verdict(t4_thresholds, name, reference, reference_study=study))
+    print(f"{name}: Table 5 shape: {shape}")
+
+# %% [markdown]
+# Figure 13.4 follows these runs through training, as Figure 13.3 did for the incremental ones. At T = 4 from the
+# start there is no T = 1 stage to hold every decision at t = 0, so the per-epoch decision tables answer a plain
+# question: does the share deciding at t = 0 grow as the network learns to be confident?
+
+# %%
+#| fig-cap: Decisions through training at T = 4 from the first epoch, one curve per decoder threshold, and the threshold raised by stage (inc-vth-b, its stages dotted; seed 0 of each): the share deciding at t = 0 (left; V_th = 4 and 10 lie together at 0), the average decision steps (middle) and the accuracy of the images deciding after t = 0 (right). Look at where each curve starts: the share at t = 0 is set in the first epoch and stays there, and at V_th = 4 the decisions move earlier over the first epochs, to t = 1, not to t = 0.
+#| code-fold: true
+decisions_through_training(t4_thresholds, t4_thresholds['configs'], xlabel='epoch'); plt.show()
+
+# %%
+# a record of the stored runs that the prose below describes (it fails only if the file changes)
+t4_tables = {n: seeds(t4_thresholds, n, 'decisions_precise_bn') for n in t4_thresholds['configs']}
+t4_accuracy = {n: statistics.mean(seeds(t4_thresholds, n, 'test_accuracy_precise_bn')) for n in t4_thresholds['configs']}
+test_eq([t4_accuracy[f't4-v{v}'] > accuracy[f'inc-v{v}'] for v in (2, 4, 10)], [True, True, True])
+test_eq(verdict(t4_thresholds, 't4-v4', 'inc-v4', reference_study=thresholds).endswith('significantly above'), True)
+test_eq(all(d[0]['fraction'] > 0.95 for n in ('t4-b', 't4-v2') for d in t4_tables[n]), True)   # V_th <= 2: t = 0
+test_eq([d[-1]['fraction'] for d in t4_tables['t4-v10']], [1.0] * len(t4_tables['t4-v10']))  # V_th = 10: the last step
+test_eq(all(d[0]['fraction'] < 0.1 and d[1]['fraction'] > 0.75 and d[1]['accuracy'] > 0.9 and 0.1 < d[-1]['fraction'] < 0.2
+            and 0.5 < d[-1]['accuracy'] < 0.75 for d in t4_tables['t4-v4']), True)             # V_th = 4: most at t = 1
+test_eq(all(r['test_accuracy_at_T1'] < 0.15 for r in t4_thresholds['runs'] if r['config'] == 't4-v10'), True)  # near chance
+steps = {n: statistics.mean(seeds(t4_thresholds, n, 'avg_timesteps_precise_bn')) for n in t4_thresholds['configs']}
+test_eq([0.005 < t4_accuracy['t4-b'] - t4_accuracy['t4-v4'] < 0.015, steps['t4-v4'] > 2 * steps['t4-b']], [True, True])
+test_eq([verdict(t4_thresholds, 't4-v4', 't4-b').endswith('no significant difference'), t4_accuracy['t4-v4'] < t4_accuracy['t4-b'],
+         all(t4_accuracy[n] <= t4_accuracy['t4-b'] for n in ('t4-v2', 't4-v10'))], [True, True, True])
+test_eq(verdict(t4_thresholds, 't4-b', 't1-b', reference_study=batch).endswith('no significant difference'), True)
+test_eq(any(all(table5_shape(t4_thresholds, n).values()) for n in t4_thresholds['configs']), False)
+history0 = {n: next(r['history'] for r in t4_thresholds['runs'] if r['config'] == n and r['seed'] == 0) for n in t4_thresholds['configs']}
+test_eq([all(row['decisions'][0]['fraction'] > 0.95 for row in history0['t4-v2']),     # Figure 13.4: the t = 0 share is
+         all(row['decisions'][0]['fraction'] < 0.01 for n in ('t4-v4', 't4-v10') for row in history0[n]),   # set from the start
+         history0['t4-v4'][0]['avg_timesteps'] > history0['t4-v4'][-1]['avg_timesteps'] + 0.5], [True, True, True])
+test_eq([verdict(t4_thresholds, 'inc-vth-b', 'inc-b', reference_study=thresholds).endswith('significantly below'),
+         statistics.mean(d[0]['fraction'] for d in t4_tables['inc-vth-b']) < 0.5], [True, True])
+
+# %% [markdown]
+# What it shows (two seeds where the table says n = 2; `t4-v2` and `t4-v10` have one, so no test for them):
+#
+# - **Trained at T = 4 from the start, every threshold does better than in the incremental schedule** at the same
+#   threshold (significantly at $V_{th} = 4$, the one with two seeds of each). The T = 1 stage trains the network to
+#   decide at t = 0, and the short later stages then have to undo it.
+# - **The threshold sets the latency from the first epoch.** At $V_{th} = 2$ nearly every image decides at t = 0, as
+#   at $V_{th} = 1$. At 10 nothing decides before the last step; read at T = 1 the same weights are near chance, so
+#   this is a network read once, at t = 3. At 4 most images decide at t = 1 and are right more than 90 % of the
+#   time, and between one in ten and one in five waits to the last step and is read there better than half the time.
+#   Figure 13.4 answers the question above: no, the share at t = 0 does not grow with training at any threshold; at
+#   $V_{th} = 4$ the decisions move earlier over the first epochs, from the last step to t = 1, and stop there.
+# - **No threshold buys accuracy.** Every held threshold ends at or below `t4-b` ($V_{th} = 1$), `t4-v4` by about a
+#   point at more than twice the steps (not significant with two seeds). None has Table 5's shape: `t4-v4` comes
+#   nearest (at least 10 % later, the later ones well above chance) but its majority decides at t = 1, not t = 0, and
+#   it costs accuracy.
+# - **T = 4 only against T = 1 only**, the control that was missing above: `t4-b` ends below `t1-b`, not
+#   significantly; more time steps did not pay here either.
+# - **Raising the threshold by stage** (`inc-vth-b`) ends with fewer than half the images at t = 0, most of them
+#   waiting to the last step, and significantly below `inc-b`: with every stage annealed, the earlier `inc-vth`
+#   result stands.
+
+# %% [markdown]
 # ### The full training set
 #
 # Everything since the recipe ran on a 20,000-image subset for ten epochs. Two settings trained on all 60,000 images
@@ -637,9 +750,12 @@ for r in full['runs']:
     print(f"{r['run']:14} {threshold:4g} {100 * r['test_accuracy']:11.2f} {100 * r['test_accuracy_precise_bn']:9.2f} "
           f"{r['avg_timesteps_precise_bn']:9.3f} {100 * r['decisions_precise_bn'][0]['fraction']:6.2f} {100 * share:7.2f} "
           f"{'—' if accuracy is None else f'{100 * accuracy:.2f}':>11} {100 * r['test_accuracy_at_T1']:13.2f}")
+print()
+print(verdict(full, 'full-v3', 'full-v1'))
+print(verdict(full, 'full-v3', 'full-v1', 'test_accuracy'), '(stored BN)')
 
 # %% [markdown]
-# The same runs epoch by epoch (Figure 13.4):
+# The same runs epoch by epoch (Figure 13.5):
 
 # %%
 #| fig-cap: The full-data runs epoch by epoch (stored batch-norm statistics; dotted: the stages of `full-v3`, while `full-v1` raises T at epochs 21 and 22): test accuracy (left) and the share deciding at t = 0 (right). Look at the last stages: at V_th = 1 the share stays near 100 % and the accuracy falls when T rises; at V_th = 3 about one image in ten waits once T > 1.
@@ -676,33 +792,35 @@ test_eq(all(max(row['test_accuracy'] for row in r['history'] if row['T'] == 1) >
 test_eq(all(max(row['test_accuracy'] for row in r['history'] if row['T'] == 1) > 0.9314 for r in by_config['full-v1']), True)
 test_eq(all(0.005 < r['decisions_precise_bn'][-1]['fraction'] < 0.02 and r['decisions_precise_bn'][-1]['accuracy'] < 0.1
             for r in by_config['full-v1']), True)          # about one in a hundred decides only at the last step, below chance
-v3 = by_config['full-v3'][0]
-test_eq([d['fraction'] for d in v3['decisions_precise_bn'][1:3]], [0.0, 0.0])          # no decision at t = 1 or 2
-test_eq(0.05 < late(v3['decisions_precise_bn'])[0] < 0.10, True)                       # some wait, fewer than one in ten
-test_eq((late(v3['decisions_precise_bn'])[1] > 0.5, v3['decisions_precise_bn'][0]['accuracy'] > 0.95), (True, True))
-test_eq(v3['test_accuracy_precise_bn'] > max(r['test_accuracy_precise_bn'] for r in by_config['full-v1']), True)
-test_eq(v3['test_accuracy_at_T1'] >= v3['test_accuracy'], True)                        # read at T = 1: no worse
+for v3 in by_config['full-v3']:
+    test_eq(sum(d['fraction'] for d in v3['decisions_precise_bn'][1:3]) < 0.001, True)   # almost no decision at t = 1 or 2
+    test_eq(0.05 < late(v3['decisions_precise_bn'])[0] < 0.10, True)                   # some wait, fewer than one in ten
+    test_eq((late(v3['decisions_precise_bn'])[1] > 0.5, v3['decisions_precise_bn'][0]['accuracy'] > 0.95), (True, True))
+    test_eq(v3['test_accuracy_precise_bn'] > max(r['test_accuracy_precise_bn'] for r in by_config['full-v1']), True)
+    test_eq(v3['test_accuracy_at_T1'] >= v3['test_accuracy'], True)                    # read at T = 1: no worse
+test_eq([len(by_config['full-v3']), verdict(full, 'full-v3', 'full-v1').endswith('no significant difference')], [2, True])
 points = full_sweep['full-v3-seed0']
 test_eq(max(points, key=lambda q: q['test_accuracy'])['decoder_threshold'], min(q['decoder_threshold'] for q in points))
 test_eq(all(a['test_accuracy'] >= b['test_accuracy'] for a, b in zip(points, points[1:])), True)   # waiting never helps
 
 
 # %% [markdown]
-# What it shows (the tables above; one seed of `full-v3`, so no test between the two settings):
+# What it shows (the tables above; two seeds of each setting, so Welch's test has little power, and its p says so):
 #
 # - **At the end of training neither setting reaches the paper's 93.14 %**, with stored or recomputed statistics.
 # - **The recipe's schedule loses when T rises.** `full-v1` peaks in its T = 1 stage, above the paper's number (with
-#   the running statistics of training), and ends lower after one epoch at T = 2 and one at T = 4 (Figure 13.4), as the
+#   the running statistics of training), and ends lower after one epoch at T = 2 and one at T = 4 (Figure 13.5), as the
 #   stored recipe did: almost every image decides at t = 0, and the one in a
 #   hundred that decides only at the last step is almost never right there, below chance.
 # - **V_th = 3 comes closest to Table 5's shape, and still misses it.** A majority decides at t = 0 and is right more
-#   than 95 % of the time; the rest, fewer than one image in ten, all wait to the last step (none decides at t = 1 or
-#   2) and are read there better than half the time, several times chance; its accuracy is above every `full-v1` seed.
+#   than 95 % of the time; the rest, fewer than one image in ten, wait to the last step (almost none decides at t = 1
+#   or 2) and are read there better than half the time, several times chance. Both of its seeds end above both `full-v1`
+#   seeds, but with two seeds each the difference is not significant (the verdict under the table).
 #   But fewer than 10 % decide later, its average steps stay below the paper's 1.83, and the later steps do not add
 #   accuracy: read at T = 1 the same weights score at least as well, and swept at evaluation time its accuracy only
 #   falls as the threshold rises. The threshold sorts images by confidence; it does not let time steps buy accuracy,
-#   so P3 does not hold on the full training set either. What raised this network above `full-v1` (its threshold, its
-#   longer T = 2 and T = 4 stages with their own cosines, or the seed) one run cannot say.
+#   so P3 does not hold on the full training set either. Had the difference been real, these runs could not say what
+#   made it: the threshold, or the longer T = 2 and T = 4 stages with their own cosines.
 
 # %% [markdown]
 # ### Table 3 with the readout separated from the neuron
@@ -1129,7 +1247,9 @@ ax1.legend(); fig.tight_layout(); plt.show()
 # decide at t = 0 for almost every image, and incremental T ends below T = 1 trained for the same epochs. Longer late
 # stages change neither; a decoder threshold raised by stage makes the networks use their later steps, and turns
 # $V_{th}$ into a trade of latency for accuracy within one network, but every point of that trade lies below a network
-# that decides at once. On the full Fashion-MNIST training set neither the recipe's schedule nor a threshold of 3 with longer late stages reaches the paper's accuracy; the threshold sorts images by confidence (a minority waits to the last step) without making later steps add accuracy. On MNIST the recipe is reported as a mean over seeds, whose spread is about one standard error of the test set.
+# that decides at once. Trained at T = 4 from the start, a held threshold sets where the network decides from the
+# first epoch (at $V_{th} = 4$ most images at t = 1), does better than the same threshold in the incremental schedule,
+# and still ends no higher than $V_{th} = 1$. On the full Fashion-MNIST training set neither the recipe's schedule nor a threshold of 3 with longer late stages reaches the paper's accuracy; the threshold sorts images by confidence (a minority waits to the last step) without making later steps add accuracy. On MNIST the recipe is reported as a mean over seeds, whose spread is about one standard error of the test set.
 # Early exit (`pttfs-eval`, Appendix C) stops each sample at its decision, so the latency the TSD promises is also time saved.
 
 # %% [markdown]
