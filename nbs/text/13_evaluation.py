@@ -683,12 +683,13 @@ decisions_through_training(t4_thresholds, t4_thresholds['configs'], xlabel='epoc
 t4_tables = {n: seeds(t4_thresholds, n, 'decisions_precise_bn') for n in t4_thresholds['configs']}
 t4_accuracy = {n: statistics.mean(seeds(t4_thresholds, n, 'test_accuracy_precise_bn')) for n in t4_thresholds['configs']}
 test_eq([t4_accuracy[f't4-v{v}'] > accuracy[f'inc-v{v}'] for v in (2, 4, 10)], [True, True, True])
-test_eq(verdict(t4_thresholds, 't4-v4', 'inc-v4', reference_study=thresholds).endswith('significantly above'), True)
+test_eq([verdict(t4_thresholds, f't4-v{v}', f'inc-v{v}', reference_study=thresholds).endswith('significantly above') for v in (2, 4, 10)],
+        [False, True, False])
 test_eq(all(d[0]['fraction'] > 0.95 for n in ('t4-b', 't4-v2') for d in t4_tables[n]), True)   # V_th <= 2: t = 0
-test_eq([d[-1]['fraction'] for d in t4_tables['t4-v10']], [1.0] * len(t4_tables['t4-v10']))  # V_th = 10: the last step
+test_eq(all(d[-1]['fraction'] > 0.999 for d in t4_tables['t4-v10']), True)                      # V_th = 10: the last step
 test_eq(all(d[0]['fraction'] < 0.1 and d[1]['fraction'] > 0.75 and d[1]['accuracy'] > 0.9 and 0.1 < d[-1]['fraction'] < 0.2
             and 0.5 < d[-1]['accuracy'] < 0.75 for d in t4_tables['t4-v4']), True)             # V_th = 4: most at t = 1
-test_eq(all(r['test_accuracy_at_T1'] < 0.15 for r in t4_thresholds['runs'] if r['config'] == 't4-v10'), True)  # near chance
+test_eq(all(r['test_accuracy_at_T1'] < 0.2 for r in t4_thresholds['runs'] if r['config'] == 't4-v10'), True)   # under a fifth
 steps = {n: statistics.mean(seeds(t4_thresholds, n, 'avg_timesteps_precise_bn')) for n in t4_thresholds['configs']}
 test_eq([0.005 < t4_accuracy['t4-b'] - t4_accuracy['t4-v4'] < 0.015, steps['t4-v4'] > 2 * steps['t4-b']], [True, True])
 test_eq([verdict(t4_thresholds, 't4-v4', 't4-b').endswith('no significant difference'), t4_accuracy['t4-v4'] < t4_accuracy['t4-b'],
@@ -705,14 +706,14 @@ test_eq([verdict(t4_thresholds, 'inc-vth-b', 'inc-b', reference_study=thresholds
          statistics.mean(d[0]['fraction'] for d in t4_tables['inc-vth-b']) < 0.5], [True, True])
 
 # %% [markdown]
-# What it shows (two seeds where the table says n = 2; `t4-v2` and `t4-v10` have one, so no test for them):
+# What it shows (two seeds of each configuration, so Welch's test has little power, and its p says so):
 #
 # - **Trained at T = 4 from the start, every threshold does better than in the incremental schedule** at the same
-#   threshold (significantly at $V_{th} = 4$, the one with two seeds of each). The T = 1 stage trains the network to
+#   threshold (significantly only at $V_{th} = 4$). The T = 1 stage trains the network to
 #   decide at t = 0, and the short later stages then have to undo it.
 # - **The threshold sets the latency from the first epoch.** At $V_{th} = 2$ nearly every image decides at t = 0, as
-#   at $V_{th} = 1$. At 10 nothing decides before the last step; read at T = 1 the same weights are near chance, so
-#   this is a network read once, at t = 3. At 4 most images decide at t = 1 and are right more than 90 % of the
+#   at $V_{th} = 1$. At 10 almost nothing decides before the last step; read at T = 1 the same weights get fewer than one image
+#   in five right (chance is one in ten), so this is a network read once, at t = 3. At 4 most images decide at t = 1 and are right more than 90 % of the
 #   time, and between one in ten and one in five waits to the last step and is read there better than half the time.
 #   Figure 13.4 answers the question above: at T = 4 from the start the share at t = 0 is set in the first epoch (nearly
 #   all at $V_{th} \le 2$, none at 4 and 10) and moves by less than three points over training; at $V_{th} = 4$ the
